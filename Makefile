@@ -1,0 +1,45 @@
+# trlm: the two commands a new user needs are `make demo` and `make test` (both set up .venv first).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build on this machine's disk; on a GPU machine install the matching CUDA/ROCm build first.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo demo-clean test test-fast lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"        # first: a range that admits newer torch would pull a CUDA build
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+# The three demo stages in order (each resumes or skips if already done), then their figures.
+demo: $(STAMP)
+	$(BIN)/python train.py experiment=demo stage=sft
+	$(BIN)/python train.py experiment=demo stage=sft_think
+	$(BIN)/python train.py experiment=demo stage=dpo
+	$(BIN)/trlm results outputs/demo
+
+demo-clean:
+	rm -rf outputs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check trlm tests train.py
+	$(BIN)/ruff format --check trlm tests train.py
+
+format: $(STAMP)
+	$(BIN)/ruff format trlm tests train.py
+	$(BIN)/ruff check --fix trlm tests train.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

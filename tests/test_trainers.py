@@ -1,0 +1,68 @@
+"""Recipe + hardware -> TRL config, and the DPO prompt truncation TRL 1.x no longer does."""
+
+from __future__ import annotations
+
+import pytest
+from datasets import Dataset
+from trl import DPOConfig, SFTConfig
+
+from tests.test_modeling import TINY, stage
+from trlm.errors import TrlmError
+from trlm.modeling import load_model, load_tokenizer
+from trlm.trainers import PromptTruncatingDPOTrainer, training_arguments
+
+
+def args_for(cfg, tmp_path):
+    return training_arguments(cfg.stage, cfg.hardware, str(tmp_path), "run", ["none"])
+
+
+def test_sft_report_recipe_reaches_trl_unchanged(compose_cfg, tmp_path):
+    args = args_for(compose_cfg("stage=sft"), tmp_path)
+    assert isinstance(args, SFTConfig)
+    assert (args.learning_rate, args.num_train_epochs, args.loss_type, args.max_length) == (3e-4, 3, "dft", 4096)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (32, 4)
+    assert args.neftune_noise_alpha == 0.01 and args.warmup_steps == 0.1 and args.save_steps == 1500
+    assert args.assistant_only_loss is False and args.packing is False
+    assert args.bf16 is False and args.use_cpu is True  # hardware=cpu, against TRL's bf16 default
+
+
+def test_dpo_report_recipe_reaches_trl_unchanged(compose_cfg, tmp_path):
+    args = args_for(compose_cfg("stage=dpo"), tmp_path)
+    assert isinstance(args, DPOConfig)
+    assert args.loss_type == ["apo_zero"] and args.beta == 0.1 and args.max_length == 2048
+    assert args.lr_scheduler_type.value == "cosine_with_min_lr" and args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+    assert args.max_grad_norm == 0.2 and args.learning_rate == 1e-5
+
+
+def test_extra_args_pass_through_and_are_checked(compose_cfg, tmp_path):
+    args = args_for(compose_cfg("stage=sft", "+stage.extra_args.packing=true"), tmp_path)
+    assert args.packing is True
+    with pytest.raises(TrlmError, match=r"not arguments of trl\.SFTConfig"):
+        args_for(compose_cfg("stage=sft", "+stage.extra_args.beta=0.3"), tmp_path)
+
+
+def test_dpo_keeps_the_last_max_prompt_length_prompt_tokens(compose_cfg, tmp_path):
+    from trlm.modeling import tiny_model_dir
+
+    model_dir = tiny_model_dir(TINY, tmp_path / "cache", ["Sys."])
+    tokenizer = load_tokenizer(str(model_dir), stage(think=True))
+    model = load_model(str(model_dir), tokenizer, compose_cfg().hardware)
+    long_prompt = "What is " + " + ".join(["1"] * 40) + "?"
+    rows = Dataset.from_list(
+        [
+            {
+                "chosen": [{"role": "user", "content": long_prompt}, {"role": "assistant", "content": "40"}],
+                "rejected": [{"role": "user", "content": long_prompt}, {"role": "assistant", "content": "41"}],
+            }
+        ]
+    )
+    cfg = compose_cfg("stage=dpo", "experiment=demo", "stage.max_prompt_length=16")
+    args = args_for(cfg, tmp_path)
+    full = PromptTruncatingDPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
+    cut = PromptTruncatingDPOTrainer(
+        model=model, args=args, train_dataset=rows, processing_class=tokenizer, max_prompt_length=16
+    )
+    full_prompt, cut_prompt = full.train_dataset[0]["prompt_ids"], cut.train_dataset[0]["prompt_ids"]
+    assert len(full_prompt) > 16 and len(cut_prompt) == 16
+    assert cut_prompt == full_prompt[-16:]  # the end of the prompt, where the question meets the reply
+    assert cut.train_dataset[0]["chosen_ids"] == full.train_dataset[0]["chosen_ids"]

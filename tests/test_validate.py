@@ -1,0 +1,50 @@
+"""Semantic checks that run before anything loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from trlm.errors import TrlmError
+from trlm.validate import check_config, check_hardware
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["stage=sft", "stage.recipe.loss_type=apo_zero"], "nll, dft"),
+        (["stage=dpo", "stage.recipe.loss_type=dft"], "apo_zero"),
+        (["stage=sft", "stage.recipe.beta=0.1"], "beta applies to DPO"),
+        (["stage=sft", "stage.recipe.lr_scheduler_type=cosine_typo"], "cosine_with_min_lr"),
+        (["stage=sft", "stage.recipe.per_device_train_batch_size=0"], "must be positive"),
+        (["stage=sft", "data=report/dpo"], "needs a conversation blend"),
+        (["stage=dpo", "data=demo/sft"], "needs a preference blend"),
+        (["tracking.report_to=[tensorbored]"], "wandb"),
+        (["model=tiny_llama", "model.path=some/model"], "exactly one of"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_choices(compose_cfg, overrides, needle):
+    with pytest.raises(TrlmError, match=needle):
+        check_config(compose_cfg(*overrides))
+
+
+def test_the_report_and_demo_configs_pass(compose_cfg):
+    for experiment in ("report", "demo"):
+        for stage in ("sft", "sft_think", "dpo"):
+            check_config(compose_cfg(f"experiment={experiment}", f"stage={stage}"))
+
+
+@pytest.mark.parametrize(("hardware", "needle"), [("mi300x", "needs a CUDA/ROCm GPU"), ("cuda", "hardware=cpu")])
+def test_gpu_presets_on_a_cpu_machine(compose_cfg, hardware, needle):
+    with pytest.raises(TrlmError, match=needle):
+        check_hardware(compose_cfg(f"hardware={hardware}").hardware)
+
+
+def test_bf16_on_cpu_is_refused(compose_cfg):
+    with pytest.raises(TrlmError, match="bf16 on CPU"):
+        check_hardware(compose_cfg("hardware.precision=bf16").hardware)
+
+
+def test_rank_count_must_match_the_preset(compose_cfg, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(TrlmError, match="expects 1 ranks but this process group has 2"):
+        check_hardware(compose_cfg("hardware=cpu").hardware)

@@ -1,0 +1,49 @@
+"""Command-line doors: `python train.py ...` / `trlm train ...` (Hydra), `trlm results DIR`.
+
+This module stays light (no torch / TRL import) so that config errors come back at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from trlm.config import register_configs
+from trlm.errors import TrlmError
+from trlm.paths import CONF_DIR
+
+register_configs()
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def train(cfg: DictConfig) -> float:
+    """The Hydra task function: runs one stage, returns its objective."""
+    from trlm.run import run_stage  # heavy (torch, transformers, TRL): only once the config composed
+
+    try:
+        return run_stage(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except TrlmError as error:
+        print(f"trlm: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+USAGE = """usage: trlm train [key=value ...]   run a stage (same as `python train.py`)
+       trlm results DIR             the summary table of an experiment's stages (e.g. outputs/demo)"""
+
+
+def main() -> None:
+    command, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if command == "train":
+        sys.argv = [f"{sys.argv[0]} train", *rest]
+        train()
+    elif command == "results" and len(rest) == 1:
+        from trlm.results import print_results
+
+        raise SystemExit(print_results(Path(rest[0])))
+    else:
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(2)

@@ -1,0 +1,205 @@
+"""Structured config schema: one dataclass per config group, registered in Hydra's ConfigStore.
+
+`conf/train.yaml` starts from `train_schema`, so every YAML under `conf/` is merged into these
+types: a misspelled key, a string where a number belongs or an unknown enum value fails at
+composition, before anything heavy is imported. Field names of `RecipeConfig` are the TRL /
+transformers argument names, so a recipe is passed to TRL without renaming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class TrainerKind(str, Enum):
+    sft = "sft"
+    dpo = "dpo"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Accelerator(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"  # NVIDIA CUDA and AMD ROCm both appear to torch as "cuda"
+
+
+class Direction(str, Enum):
+    minimize = "minimize"
+    maximize = "maximize"
+
+
+class DataKind(str, Enum):
+    conversation = "conversation"  # `messages`: [{role, content}, ...]
+    preference = "preference"  # `chosen` / `rejected`: message lists sharing a prompt prefix
+
+
+@dataclass
+class RecipeConfig:
+    """The optimisation recipe of a stage (the report's Tables 4-6), in TRL's own argument names."""
+
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs (the demo and smoke tests use it)
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-5
+    lr_scheduler_type: str = "cosine"
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+    weight_decay: float = 0.0
+    # transformers 5 folded `warmup_ratio` into `warmup_steps`: a value < 1 is a ratio of total steps.
+    warmup_steps: float = 0.0
+    max_grad_norm: float = 1.0
+    loss_type: str = "nll"
+    max_length: int = 1024
+    neftune_noise_alpha: float | None = None
+    beta: float | None = None  # DPO only
+    save_steps: int = 500
+    gradient_checkpointing: bool = True
+    logging_steps: int = 1
+    seed: int = 42
+
+
+@dataclass
+class EvalConfig:
+    """What the stage measures on the blend's held-out rows after training."""
+
+    generate: bool = False  # sample answers and score think format / answer accuracy
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 1.0
+    batch_size: int = 32
+    max_prompts: int = 256
+
+
+@dataclass
+class ObjectiveConfig:
+    """The summary figure the Hydra task function returns (what a sweep optimises)."""
+
+    metric: str = "train_loss"
+    direction: Direction = Direction.minimize
+
+
+@dataclass
+class StageConfig:
+    name: str = MISSING
+    trainer: TrainerKind = MISSING
+    description: str = ""
+    previous: str | None = None  # stage whose final checkpoint this one starts from; None: base model
+    think_tokens: bool = False  # add <think> / </think> as special tokens (idempotent)
+    system_prompt: str = MISSING
+    assistant_only_loss: bool = False  # False = the report: loss over the whole sequence
+    # TRL 1.x dropped DPOConfig.max_prompt_length; trlm keeps the last N prompt tokens itself.
+    max_prompt_length: int | None = None
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    # Any other TRL config argument, passed through verbatim; names are checked against TRL's config.
+    extra_args: dict[str, Any] = field(default_factory=dict)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+
+@dataclass
+class SourceConfig:
+    """One source of a blend: a Hub dataset id, or a local JSONL / JSON / parquet file or folder."""
+
+    name: str = MISSING
+    subset: str | None = None
+    split: str = "train"
+    entries: int | None = None  # cap: the first N rows; None takes all
+    drop_columns: list[str] = field(default_factory=list)
+    rename_columns: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # the published blend's Hub name
+    description: str = ""
+    kind: DataKind = MISSING
+    sources: list[SourceConfig] = field(default_factory=list)
+    eval_size: int = 0  # rows held out (after the seeded shuffle) for the stage's evaluation
+    seed: int = 42
+
+
+@dataclass
+class TinyModelConfig:
+    """A Llama-shaped model initialised from scratch, with a BPE tokenizer trained on the demo data."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 512
+    rope_theta: float = 10000.0
+    vocab_size: int = 512  # BPE target size; the model's embedding matches the tokenizer
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    path: str | None = None  # Hub id or local directory of the base model
+    revision: str | None = None
+    tiny: TinyModelConfig | None = None  # build a tiny model instead of loading `path`
+
+
+@dataclass
+class HardwareConfig:
+    """How a run uses the machine. Never changes the recipe."""
+
+    name: str = MISSING
+    accelerator: Accelerator = Accelerator.cpu
+    precision: Precision = Precision.fp32
+    attn_implementation: str = "sdpa"
+    devices_per_node: int = 1
+    num_nodes: int = 1
+    dataloader_num_workers: int = 0
+    optim: str = "adamw_torch"
+    torch_empty_cache_steps: int | None = None
+
+
+@dataclass
+class TrackingConfig:
+    name: str = "none"
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+    project: str = "trlm"
+    entity: str | None = None
+    mode: str = "online"  # wandb: online | offline | disabled
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    name: str = "report"  # outputs/<name>/<stage>: stages of one experiment share a name
+    init_from: str | None = None  # explicit start model (path or Hub id); overrides lineage
+    resume: bool = True  # continue from the last checkpoint in the run directory
+
+
+@dataclass
+class PathsConfig:
+    output_root: str = "outputs"
+    cache_dir: str = "${paths.output_root}/.cache"
+
+
+@dataclass
+class TrainConfig:
+    stage: StageConfig = MISSING
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    experiment: str | None = None  # the chosen experiment preset's name, for the record
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
