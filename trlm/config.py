@@ -39,7 +39,17 @@ class Direction(str, Enum):
 
 class DataKind(str, Enum):
     conversation = "conversation"  # `messages`: [{role, content}, ...]
-    preference = "preference"  # `chosen` / `rejected`: message lists sharing a prompt prefix
+    preference = "preference"  # `prompt` / `chosen` / `rejected`: message lists
+
+
+class Sampling(str, Enum):
+    first = "first"  # the first `entries` rows of the source, as the reference pipeline
+    random = "random"  # a seeded uniform sample of `entries` rows (reads the whole source)
+
+
+class TooLong(str, Enum):
+    truncate = "truncate"  # keep the row; TRL truncates it at max_length
+    drop = "drop"  # leave it out of training
 
 
 @dataclass
@@ -120,12 +130,20 @@ class SourceConfig:
 
 @dataclass
 class DataConfig:
+    """A blend: its sources, how preparation treats them, and how training uses the result."""
+
     name: str = MISSING  # the published blend's Hub name
     description: str = ""
     kind: DataKind = MISSING
     sources: list[SourceConfig] = field(default_factory=list)
-    eval_size: int = 0  # rows held out (after the seeded shuffle) for the stage's evaluation
-    seed: int = 42
+    sampling: Sampling = Sampling.first
+    dedup: bool = False  # drop exact duplicate rows (after normalisation)
+    seed: int = 42  # the blend's shuffle (and random sampling)
+    shard_threshold: int = 50_000  # a blend of more rows is written as parquet shards, else one JSONL file
+    shard_rows: int = 5_000
+    # Training-time use of the prepared blend:
+    eval_size: int = 0  # rows held out (the last of the shuffled blend) for the stage's evaluation
+    too_long: TooLong = TooLong.truncate  # rows over the stage's max_length after tokenisation
 
 
 @dataclass
@@ -187,6 +205,7 @@ class RunConfig:
 class PathsConfig:
     output_root: str = "outputs"
     cache_dir: str = "${paths.output_root}/.cache"
+    blends_dir: str = "${paths.output_root}/blends"  # prepared blends, one folder per config hash
 
 
 @dataclass
@@ -201,5 +220,18 @@ class TrainConfig:
     experiment: str | None = None  # the chosen experiment preset's name, for the record
 
 
+@dataclass
+class PrepareConfig:
+    """`trlm prepare data=<blend>`: build (or reuse) a prepared blend, optionally publish it."""
+
+    data: DataConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    rebuild: bool = False  # prepare again even when a blend of this config exists
+    push_to_hub: bool = False  # upload the prepared blend and its card to the Hub as `data.name`
+    private: bool = True
+
+
 def register_configs() -> None:
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    store.store(name="prepare_schema", node=PrepareConfig)

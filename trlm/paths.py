@@ -7,8 +7,8 @@ CONF_DIR = PROJECT_ROOT / "conf"
 
 
 def project_path(path: str | Path) -> Path:
-    """`path` itself if absolute or present from the cwd, else relative to the project root."""
+    """`path` (absolute) if absolute or present from the cwd, else relative to the project root."""
     path = Path(path)
     if path.is_absolute() or path.exists():
-        return path
+        return path.resolve()
     return PROJECT_ROOT / path

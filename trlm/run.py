@@ -16,12 +16,14 @@ import datasets
 import torch
 import transformers
 import trl
+from datasets import DatasetDict
 from omegaconf import DictConfig, OmegaConf
 from transformers.trainer_utils import get_last_checkpoint
 
 from trlm import tracking
 from trlm.config import TrainerKind
-from trlm.data.blend import dataset_hash, load_blend
+from trlm.data.blend import apply_length_policy, load_blend
+from trlm.data.prepare import PreparedBlend
 from trlm.errors import TrlmError
 from trlm.evaluation import generation_eval
 from trlm.lineage import StartPoint, resolve_start
@@ -66,11 +68,11 @@ def check_run_dir(run_dir: Path, fingerprint: str) -> None:
         )
 
 
-def objective(summary: dict[str, Any], cfg: DictConfig) -> float:
+def objective(metrics: dict[str, float], cfg: DictConfig) -> float:
     metric = cfg.stage.objective.metric
-    if metric not in summary["metrics"]:
-        raise TrlmError(f"stage.objective.metric={metric!r} is not in the summary; have: {sorted(summary['metrics'])}")
-    return float(summary["metrics"][metric])
+    if metric not in metrics:
+        raise TrlmError(f"stage.objective.metric={metric!r} is not among the run's metrics: {sorted(metrics)}")
+    return float(metrics[metric])
 
 
 def last_logged(log_history: list[dict[str, Any]]) -> dict[str, float]:
@@ -83,6 +85,53 @@ def last_logged(log_history: list[dict[str, Any]]) -> dict[str, float]:
     return values
 
 
+def data_record(cfg: DictConfig, prepared: PreparedBlend, blend: DatasetDict, too_long: dict[str, int]) -> dict:
+    return {
+        "name": cfg.data.name,
+        "prepared": str(prepared.path),
+        "config_hash": prepared.metadata["config_hash"],
+        "sha256": prepared.metadata["content_sha256"],
+        "rows": {split: len(rows) for split, rows in blend.items()},
+        "too_long": {"policy": cfg.data.too_long.value, "max_length": cfg.stage.recipe.max_length, **too_long},
+    }
+
+
+def write_run_record(cfg: DictConfig, run_dir: Path, start: StartPoint, source: str, fingerprint: str, data: dict):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(
+        run_dir / RUN_RECORD,
+        {
+            "stage": cfg.stage.name,
+            "run_name": cfg.run.name,
+            "experiment": cfg.experiment,
+            "recipe_fingerprint": fingerprint,
+            "start": {**start.record(), "resolved": source},
+            "data": data,
+            "git": git_state(),
+            "hardware": cfg.hardware.name,
+            "world_size": cfg.hardware.devices_per_node * cfg.hardware.num_nodes,
+            "versions": {lib.__name__: lib.__version__ for lib in (torch, transformers, trl, datasets)},
+        },
+    )
+
+
+def held_out_conversations(cfg: DictConfig, eval_rows: datasets.Dataset) -> list[list[dict[str, str]]]:
+    if cfg.stage.trainer == TrainerKind.dpo:  # the chosen conversation is the reference
+        return [p + c for p, c in zip(eval_rows["prompt"], eval_rows["chosen"], strict=True)]
+    return eval_rows["messages"]
+
+
+def save_final(trainer: trl.SFTTrainer | trl.DPOTrainer, tokenizer, run_dir: Path) -> Path:
+    """The final model + tokenizer, written under a temporary name and renamed when complete."""
+    final, staging = run_dir / FINAL, run_dir / (FINAL + ".tmp")
+    trainer.save_model(str(staging))
+    if is_main_process():
+        tokenizer.save_pretrained(str(staging))
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+    return final
+
+
 def run_stage(cfg: DictConfig, run_dir: Path) -> float:
     check_config(cfg)
     start = resolve_start(cfg)
@@ -90,44 +139,21 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> float:
     fingerprint = recipe_fingerprint(cfg)
     check_run_dir(run_dir, fingerprint)
     if is_finished(run_dir):
-        summary = read_json(run_dir / SUMMARY)
         log.info("%s already finished (%s); returning its recorded objective", run_dir, SUMMARY)
-        return objective(summary, cfg)
+        return objective(read_json(run_dir / SUMMARY)["metrics"], cfg)
 
     stage = cfg.stage
     log.info("stage=%s experiment=%s run_dir=%s start=%s", stage.name, cfg.run.name, run_dir, start.source)
     source = start_model_dir(cfg, start)  # before the data: a missing model is the cheaper error
-    blend = load_blend(cfg.data)
-    data_hash = dataset_hash(blend)
-    log.info("blend %s: %d train rows, %d held out, sha256 %s", cfg.data.name, len(blend["train"]),
-             len(blend["eval"]) if "eval" in blend else 0, data_hash[:12])  # fmt: skip
-
+    blend, prepared = load_blend(cfg.data, project_path(cfg.paths.blends_dir))
     tokenizer = load_tokenizer(source, stage)
+    blend, too_long = apply_length_policy(blend, cfg.data.kind, tokenizer, stage.recipe.max_length, cfg.data.too_long)
+    data = data_record(cfg, prepared, blend, too_long)
+    log.info("blend %s: %s rows, sha256 %s", cfg.data.name, data["rows"], data["sha256"][:12])
     model = load_model(source, tokenizer, cfg.hardware)
     log.info("model from %s: %.2fM parameters, vocab %d", source, model.num_parameters() / 1e6, len(tokenizer))
-
     if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(
-            run_dir / RUN_RECORD,
-            {
-                "stage": stage.name,
-                "run_name": cfg.run.name,
-                "experiment": cfg.experiment,
-                "recipe_fingerprint": fingerprint,
-                "start": {**start.record(), "resolved": source},
-                "data": {
-                    "name": cfg.data.name,
-                    "sha256": data_hash,
-                    "train_rows": len(blend["train"]),
-                    "eval_rows": len(blend["eval"]) if "eval" in blend else 0,
-                },
-                "git": git_state(),
-                "hardware": cfg.hardware.name,
-                "world_size": cfg.hardware.devices_per_node * cfg.hardware.num_nodes,
-                "versions": {lib.__name__: lib.__version__ for lib in (torch, transformers, trl, datasets)},
-            },
-        )
+        write_run_record(cfg, run_dir, start, source, fingerprint, data)
 
     tracking.configure(cfg)
     args = training_arguments(
@@ -147,35 +173,31 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> float:
     if "eval" in blend:
         metrics.update(trainer.evaluate())
         if stage.evaluation.generate:
-            conversations = blend["eval"]["chosen" if stage.trainer == TrainerKind.dpo else "messages"]
+            conversations = held_out_conversations(cfg, blend["eval"])
             generated, samples = generation_eval(
                 trainer.model, tokenizer, conversations, stage.evaluation, expect_think=stage.think_tokens
             )
             metrics.update(generated)
-
-    final = run_dir / FINAL
-    staging = run_dir / (FINAL + ".tmp")
-    trainer.save_model(str(staging))
+    final = save_final(trainer, tokenizer, run_dir)
+    value = objective(metrics, cfg)
     if is_main_process():
-        tokenizer.save_pretrained(str(staging))
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
         if samples:
             (run_dir / "eval_samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-        summary = {
-            "status": "completed",
-            "stage": stage.name,
-            "run_name": cfg.run.name,
-            "final_model": str(final),
-            "metrics_file": str(run_dir / METRICS),
-            "data_sha256": data_hash,
-            "start": start.record(),
-            "global_step": trainer.state.global_step,
-            "metrics": metrics,
-            "objective": {**OmegaConf.to_container(stage.objective), "metric_value": None},
-        }
-        summary["objective"]["metric_value"] = objective(summary, cfg)
-        write_json(run_dir / SUMMARY, summary)  # last: its presence marks the run finished
+        write_json(  # last: its presence marks the run finished
+            run_dir / SUMMARY,
+            {
+                "status": "completed",
+                "stage": stage.name,
+                "run_name": cfg.run.name,
+                "final_model": str(final),
+                "metrics_file": str(run_dir / METRICS),
+                "data_sha256": data["sha256"],
+                "start": start.record(),
+                "global_step": trainer.state.global_step,
+                "metrics": metrics,
+                "objective": {**OmegaConf.to_container(stage.objective, enum_to_str=True), "value": value},
+            },
+        )
         log.info("finished: %s, summary %s", final, run_dir / SUMMARY)
     tracking.finish()
-    return objective({"metrics": metrics}, cfg)
+    return value

@@ -1,88 +1,62 @@
-"""Blend loading: caps, column normalisation, provenance, held-out split, hashing, empty blends."""
+"""The blend as training sees it: held-out split and the too-long policy."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from omegaconf import OmegaConf
 
-from trlm.config import DataConfig
-from trlm.data.blend import dataset_hash, load_blend
+from trlm.config import DataKind, TooLong
+from trlm.data.blend import apply_length_policy, load_blend
+from trlm.data.fixtures import olmo_row, smoltalk_row, write_jsonl
+from trlm.demo.tokenizer import train_demo_tokenizer
 from trlm.errors import TrlmError
 
 
-def blend_cfg(**fields) -> DataConfig:
-    return OmegaConf.merge(OmegaConf.structured(DataConfig), fields)
+@pytest.fixture(scope="module")
+def tokenizer():
+    from trlm.chat_template import chatml_template
+
+    tok = train_demo_tokenizer(vocab_size=400)
+    tok.chat_template = chatml_template("Sys.")
+    return tok
 
 
-def write_rows(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+def conversations(tmp_path, n=30, long_every=0):
+    rows = [smoltalk_row(i, think=False) for i in range(n)]
+    for i in range(0, n, long_every or n + 1):
+        rows[i]["messages"][1]["content"] = "word " * 300
+    path = tmp_path / "conv.jsonl"
+    write_jsonl(rows, path)
     return str(path)
 
 
-def chat(i):
-    return {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
-            "chat_template_kwargs": {"x": 1}, "dataset": "src"}  # fmt: skip
+def test_eval_rows_are_held_out_from_the_prepared_order(blend_cfg, tmp_path):
+    cfg = blend_cfg(name="t", kind="conversation", eval_size=5, sources=[{"name": conversations(tmp_path)}])
+    blend, prepared = load_blend(cfg, tmp_path / "blends")
+    assert (len(blend["train"]), len(blend["eval"])) == (25, 5)
+    train_ids = {r["_source_index"] for r in blend["train"]}
+    assert train_ids.isdisjoint(r["_source_index"] for r in blend["eval"])
+    assert prepared.metadata["total_entries"] == 30
 
 
-def test_caps_normalises_and_records_provenance(tmp_path):
-    a = write_rows(tmp_path / "a.jsonl", [chat(i) for i in range(10)])
-    b = write_rows(tmp_path / "b.jsonl", [chat(100 + i) for i in range(10)])
-    cfg = blend_cfg(
-        name="t", kind="conversation", eval_size=2,
-        sources=[
-            {"name": a, "entries": 3, "drop_columns": ["chat_template_kwargs"],
-             "rename_columns": {"dataset": "source"}},
-            {"name": b, "split": "dev"},
-        ],
-    )  # fmt: skip
-    blend = load_blend(cfg)
-    rows = [*blend["train"], *blend["eval"]]
-    assert len(blend["eval"]) == 2 and len(rows) == 13
-    from_a = [r for r in rows if r["_source_dataset"] == a]
-    assert sorted(r["messages"][0]["content"] for r in from_a) == ["q0", "q1", "q2"]  # the first N
-    assert all(r["_source_split"] == "dev" for r in rows if r["_source_dataset"] == b)
-    assert "chat_template_kwargs" not in blend["train"].column_names or all(
-        r["chat_template_kwargs"] is None for r in from_a
-    )
-    assert all(r["source"] == "src" for r in from_a)
-
-
-def test_shuffle_and_hash_are_deterministic_and_sensitive(tmp_path):
-    path = write_rows(tmp_path / "a.jsonl", [chat(i) for i in range(20)])
-    first = load_blend(blend_cfg(name="t", kind="conversation", sources=[{"name": path}]))
-    second = load_blend(blend_cfg(name="t", kind="conversation", sources=[{"name": path}]))
-    reseeded = load_blend(blend_cfg(name="t", kind="conversation", seed=7, sources=[{"name": path}]))
-    assert first["train"]["messages"] == second["train"]["messages"]
-    assert dataset_hash(first) == dataset_hash(second)
-    assert dataset_hash(first) != dataset_hash(reseeded)
-
-
-def test_empty_blend_is_an_error(tmp_path):
-    path = tmp_path / "empty.jsonl"
-    path.write_text("")
-    with pytest.raises(TrlmError, match="is empty"):
-        load_blend(blend_cfg(name="t", kind="conversation", sources=[{"name": str(path)}]))
-
-
-def test_missing_file_and_wrong_schema_are_errors(tmp_path):
-    with pytest.raises(TrlmError, match="no such file"):
-        load_blend(blend_cfg(name="t", kind="conversation", sources=[{"name": str(tmp_path / "nope.jsonl")}]))
-    path = write_rows(tmp_path / "p.jsonl", [{"text": "x"}])
-    with pytest.raises(TrlmError, match="need column"):
-        load_blend(blend_cfg(name="t", kind="preference", sources=[{"name": path}]))
-
-
-def test_eval_size_must_leave_training_rows(tmp_path):
-    path = write_rows(tmp_path / "a.jsonl", [chat(i) for i in range(3)])
+def test_eval_size_must_leave_training_rows(blend_cfg, tmp_path):
+    cfg = blend_cfg(name="t", kind="conversation", eval_size=30, sources=[{"name": conversations(tmp_path)}])
     with pytest.raises(TrlmError, match="leaves no training rows"):
-        load_blend(blend_cfg(name="t", kind="conversation", eval_size=3, sources=[{"name": path}]))
+        load_blend(cfg, tmp_path / "blends")
 
 
-def test_offline_hub_source_fails_with_instructions(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    cfg = blend_cfg(name="t", kind="conversation", sources=[{"name": "HuggingFaceTB/smoltalk2", "subset": "SFT"}])
-    with pytest.raises(TrlmError, match="Hub is unreachable"):
-        load_blend(cfg)
+@pytest.mark.parametrize(("policy", "kept"), [(TooLong.truncate, 30), (TooLong.drop, 24)])
+def test_too_long_rows_are_counted_and_dropped_by_policy(blend_cfg, tmp_path, tokenizer, policy, kept):
+    cfg = blend_cfg(name="t", kind="conversation", sources=[{"name": conversations(tmp_path, long_every=5)}])
+    blend, _ = load_blend(cfg, tmp_path / "blends")
+    out, counts = apply_length_policy(blend, DataKind.conversation, tokenizer, 200, policy)
+    assert counts == {"train": 6} and len(out["train"]) == kept
+
+
+def test_preference_length_is_the_longer_side(blend_cfg, tmp_path, tokenizer):
+    rows = [olmo_row(i) for i in range(10)]
+    rows[0]["rejected"][1]["content"] = "word " * 300
+    write_jsonl(rows, tmp_path / "pairs.jsonl")
+    cfg = blend_cfg(name="p", kind="preference", sources=[{"name": str(tmp_path / "pairs.jsonl")}])
+    blend, _ = load_blend(cfg, tmp_path / "blends")
+    _, counts = apply_length_policy(blend, DataKind.preference, tokenizer, 200, TooLong.drop)
+    assert counts == {"train": 1}

@@ -1,106 +1,75 @@
-"""Loading a blend (conf/data/*) into train / held-out datasets, with provenance on every row.
+"""A blend as training sees it: the prepared rows, the held-out split, the length policy.
 
-Each source is read streaming and capped at its first `entries` rows, as the reference pipeline
-does; columns are dropped / renamed per the config; `_source_dataset`, `_source_subset`,
-`_source_split` record where each row came from. The blend is shuffled with its seed and the
-last `eval_size` rows are held out for the stage's evaluation.
+Training on `data=<blend>` prepares the blend once (trlm/data/prepare.py) and reuses it after,
+keyed by the hash of its config and sources; the run records that hash and the rows' sha256.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator
+import logging
 from pathlib import Path
-from typing import Any
 
 import datasets
-from datasets import Dataset, DatasetDict, IterableDataset
+from datasets import Dataset, DatasetDict
+from transformers import PreTrainedTokenizerBase
 
-from trlm.config import DataConfig, DataKind, SourceConfig
+from trlm.config import DataConfig, DataKind, TooLong
+from trlm.data.prepare import PreparedBlend, prepare_blend
 from trlm.errors import TrlmError
-from trlm.modeling import hub_reachable
-from trlm.paths import project_path
 
-LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-REQUIRED_COLUMNS = {DataKind.conversation: ("messages",), DataKind.preference: ("chosen", "rejected")}
+log = logging.getLogger(__name__)
 
 
-def is_local(source: SourceConfig) -> bool:
-    return Path(source.name).suffix in LOCAL_FORMATS or project_path(source.name).is_dir()
+def load_prepared(prepared: PreparedBlend) -> Dataset:
+    builder = "parquet" if prepared.metadata["format"] == "parquet" else "json"
+    files = [str(f) for f in prepared.files]
+    return datasets.load_dataset(builder, data_files=files, split="train")
 
 
-def open_source(source: SourceConfig) -> IterableDataset:
-    """The source as a stream of rows: local files directly, Hub datasets via the cache or the Hub."""
-    if is_local(source):
-        path = project_path(source.name)
-        if not path.exists():
-            raise TrlmError(f"data source {source.name}: no such file or folder ({path})")
-        if path.is_dir():
-            if (path / "dataset_info.json").exists():  # a `save_to_disk` folder
-                return datasets.load_from_disk(str(path)).to_iterable_dataset()
-            files = sorted(p for p in path.iterdir() if p.suffix in LOCAL_FORMATS)
-            if not files:
-                raise TrlmError(f"data source {source.name}: no .jsonl/.json/.parquet files in {path}")
-            builder = LOCAL_FORMATS[files[0].suffix]
-            return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True)
-        return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train", streaming=True)
-    try:
-        return datasets.load_dataset(source.name, source.subset, split=source.split, streaming=True)
-    except (ConnectionError, OSError, ValueError) as error:
-        if hub_reachable():
-            raise
-        raise TrlmError(
-            f"data source {source.name} ({source.subset}/{source.split}) cannot be read: the Hub is "
-            f"unreachable and it is not cached ({type(error).__name__}); prepare the blend on a "
-            f"connected machine or point the source at local files; to try trlm offline, run experiment=demo"
-        ) from error
-
-
-def source_rows(source: SourceConfig) -> Iterator[dict[str, Any]]:
-    if is_local(source) and project_path(source.name).is_file() and project_path(source.name).stat().st_size == 0:
-        return  # datasets cannot infer a schema from an empty file
-    stream = open_source(source)
-    if source.entries is not None:
-        stream = stream.take(source.entries)
-    for row in stream:
-        row = {k: v for k, v in row.items() if k not in source.drop_columns}
-        for old, new in source.rename_columns.items():
-            if old in row and new not in row:
-                row[new] = row.pop(old)
-        row["_source_dataset"] = source.name
-        row["_source_subset"] = source.subset
-        row["_source_split"] = source.split
-        yield row
-
-
-def load_source(source: SourceConfig, kind: DataKind) -> Dataset:
-    dataset = Dataset.from_list(list(source_rows(source)))
-    missing = [c for c in REQUIRED_COLUMNS[kind] if c not in dataset.column_names]
-    if len(dataset) and missing:
-        raise TrlmError(f"data source {source.name}: {kind.value} rows need column(s) {missing}")
-    return dataset
-
-
-def load_blend(data: DataConfig) -> DatasetDict:
-    """The blend's `train` split and, when `eval_size` > 0, its held-out `eval` split."""
-    parts = [load_source(source, data.kind) for source in data.sources]
-    parts = [part for part in parts if len(part)]
-    if not parts:
-        raise TrlmError(f"blend {data.name} is empty: its sources yielded no rows")
-    blend = datasets.concatenate_datasets(parts).shuffle(seed=data.seed).flatten_indices()
-    if data.eval_size >= len(blend):
-        raise TrlmError(f"blend {data.name}: eval_size {data.eval_size} leaves no training rows of {len(blend)}")
+def load_blend(data: DataConfig, blends_dir: Path) -> tuple[DatasetDict, PreparedBlend]:
+    """The prepared blend's `train` rows and, when `eval_size` > 0, its last `eval_size` rows as `eval`."""
+    prepared = prepare_blend(data, blends_dir)
+    rows = load_prepared(prepared)
+    if data.eval_size >= len(rows):
+        raise TrlmError(f"blend {data.name}: eval_size {data.eval_size} leaves no training rows of {len(rows)}")
     if data.eval_size == 0:
-        return DatasetDict(train=blend)
-    cut = len(blend) - data.eval_size
-    return DatasetDict(train=blend.select(range(cut)), eval=blend.select(range(cut, len(blend))))
+        return DatasetDict(train=rows), prepared
+    cut = len(rows) - data.eval_size  # the rows are already shuffled
+    return DatasetDict(train=rows.select(range(cut)), eval=rows.select(range(cut, len(rows)))), prepared
 
 
-def dataset_hash(blend: DatasetDict) -> str:
-    """sha256 over the Arrow data of every split: the identity of what a run trained on."""
-    digest = hashlib.sha256()
-    for name in sorted(blend):
-        digest.update(name.encode())
-        for batch in blend[name].with_format("arrow").iter(batch_size=10_000):
-            digest.update(batch.to_pandas().to_json(orient="records").encode())
-    return digest.hexdigest()
+def token_lengths(rows: Dataset, kind: DataKind, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Each row's length in tokens as the stage renders it (for a pair, its longer side)."""
+
+    def lengths(batch: dict) -> dict:
+        if kind == DataKind.conversation:
+            rendered = [tokenizer.apply_chat_template(m, tokenize=False) for m in batch["messages"]]
+            return {"n": [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]}
+        sides = []
+        for side in ("chosen", "rejected"):
+            pairs = zip(batch["prompt"], batch[side], strict=True)
+            rendered = [tokenizer.apply_chat_template(prompt + reply, tokenize=False) for prompt, reply in pairs]
+            sides.append([len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]])
+        return {"n": [max(pair) for pair in zip(*sides, strict=True)]}
+
+    return rows.map(lengths, batched=True, remove_columns=rows.column_names, desc="Measuring token lengths")["n"]
+
+
+def apply_length_policy(
+    blend: DatasetDict, kind: DataKind, tokenizer: PreTrainedTokenizerBase, max_length: int, policy: TooLong
+) -> tuple[DatasetDict, dict[str, int]]:
+    """Counts rows over `max_length` tokens per split; drops them under `too_long: drop`."""
+    counts, kept = {}, {}
+    for split, rows in blend.items():
+        too_long = [i for i, n in enumerate(token_lengths(rows, kind, tokenizer)) if n > max_length]
+        counts[split] = len(too_long)
+        if policy == TooLong.drop and too_long:
+            excluded = set(too_long)
+            rows = rows.select([i for i in range(len(rows)) if i not in excluded])
+        kept[split] = rows
+    if any(counts.values()):
+        action = "dropped" if policy == TooLong.drop else "left for TRL to truncate"
+        log.info("rows over max_length %d: %s (%s)", max_length, counts, action)
+    if not len(kept["train"]):
+        raise TrlmError(f"no training rows fit max_length {max_length} (data.too_long=drop)")
+    return DatasetDict(kept), counts

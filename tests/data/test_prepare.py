@@ -1,0 +1,178 @@
+"""Blend preparation over the fixture sources: counts, caps, provenance, formats, card, cache, safety."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+import trlm.data.prepare as prepare_module
+from trlm.data.blend import load_prepared
+from trlm.data.card import push_to_hub
+from trlm.data.prepare import CARD, METADATA, blend_dir, prepare_blend
+from trlm.errors import TrlmError
+
+
+def conversation_blend(blend_cfg, root, **fields):
+    sources = [
+        {"name": str(root / "smoltalk_no_think.jsonl"), "split": "no_think"},
+        {"name": str(root / "smoltalk_think.parquet"), "split": "think", "entries": 1500,
+         "drop_columns": ["chat_template_kwargs"]},
+    ]  # fmt: skip
+    return blend_cfg(**{"name": "org/fixture-sft", "kind": "conversation", "sources": sources, **fields})
+
+
+def preference_blend(blend_cfg, root, **fields):
+    source = {"name": str(root / "olmo_preference.jsonl"), "drop_columns": ["prompt", "category", "prompt_id"],
+              "rename_columns": {"dataset": "source"}}  # fmt: skip
+    return blend_cfg(**{"name": "org/fixture-dpo", "kind": "preference", "sources": [source], **fields})
+
+
+def expected_drops(injected: dict[int, str], limit: int | None = None) -> dict[str, int]:
+    return dict(Counter(reason for index, reason in injected.items() if limit is None or index < limit))
+
+
+def test_drops_are_counted_per_reason_and_source(fixture_sources, blend_cfg, tmp_path):
+    root, injected = fixture_sources
+    meta = prepare_blend(conversation_blend(blend_cfg, root, dedup=True), tmp_path).metadata
+    no_think, think = meta["sources"]
+    assert no_think["dropped"] == expected_drops(injected["smoltalk_no_think.jsonl"])
+    assert think["dropped"] == expected_drops(injected["smoltalk_think.parquet"], limit=1500)
+    assert (think["requested_entries"], think["read"]) == (1500, 1500)
+    assert think["actual_entries"] == 1500 - sum(think["dropped"].values())
+    assert meta["total_entries"] == no_think["actual_entries"] + think["actual_entries"]
+    assert no_think["percentage_of_total"] + think["percentage_of_total"] == pytest.approx(100, abs=0.02)
+
+
+def test_duplicates_are_kept_without_dedup(fixture_sources, blend_cfg, tmp_path):
+    root, _ = fixture_sources
+    meta = prepare_blend(conversation_blend(blend_cfg, root, dedup=False), tmp_path).metadata
+    assert "duplicate" not in meta["dropped"]
+
+
+def test_preferences_are_normalised_with_provenance(fixture_sources, blend_cfg, tmp_path):
+    root, injected = fixture_sources
+    prepared = prepare_blend(preference_blend(blend_cfg, root, dedup=True), tmp_path)
+    assert prepared.metadata["dropped"] == expected_drops(injected["olmo_preference.jsonl"])
+    rows = load_prepared(prepared)
+    assert set(rows.column_names) == {"prompt", "chosen", "rejected", "source", "_source_dataset",
+                                      "_source_subset", "_source_split", "_source_index"}  # fmt: skip
+    row = rows[0]
+    assert row["source"] == "fixture-olmo" and row["_source_dataset"] == str(root / "olmo_preference.jsonl")
+    assert row["_source_split"] == "train" and row["_source_subset"] is None
+    index = row["_source_index"]
+    original = json.loads((root / "olmo_preference.jsonl").read_text().splitlines()[index])
+    assert row["prompt"] + row["chosen"] == original["chosen"]
+
+
+def test_first_n_takes_the_head_and_random_a_seeded_sample(fixture_sources, blend_cfg, tmp_path):
+    root, _ = fixture_sources
+    source = {"name": str(root / "olmo_preference.jsonl"), "entries": 300}
+    first = blend_cfg(name="f", kind="preference", sources=[source])
+    sampled = blend_cfg(name="f", kind="preference", sources=[source], sampling="random")
+    head = load_prepared(prepare_blend(first, tmp_path))["_source_index"]
+    assert max(head) < 300
+    sample = load_prepared(prepare_blend(sampled, tmp_path))["_source_index"]
+    again = load_prepared(prepare_blend(sampled, tmp_path / "again"))["_source_index"]
+    assert sample == again and max(sample) >= 300 and len(set(sample)) == len(sample)
+    reseeded = load_prepared(prepare_blend(blend_cfg(**{**sampled, "seed": 1}), tmp_path))["_source_index"]
+    assert sorted(reseeded) != sorted(sample)
+
+
+def test_large_blends_are_parquet_shards_small_ones_jsonl(fixture_sources, blend_cfg, tmp_path):
+    root, _ = fixture_sources
+    small = prepare_blend(conversation_blend(blend_cfg, root), tmp_path)
+    large = prepare_blend(conversation_blend(blend_cfg, root, shard_threshold=1000, shard_rows=800), tmp_path)
+    assert small.metadata["files"] == ["train.jsonl"]
+    assert large.metadata["format"] == "parquet" and len(large.files) == -(-large.metadata["total_entries"] // 800)
+    assert all(f.exists() for f in large.files)
+    assert load_prepared(small)[:] == load_prepared(large)[:]  # same rows, same shuffled order
+    assert small.metadata["content_sha256"] == large.metadata["content_sha256"]
+
+
+def test_card_describes_the_blend(fixture_sources, blend_cfg, tmp_path):
+    root, _ = fixture_sources
+    prepared = prepare_blend(conversation_blend(blend_cfg, root, dedup=True), tmp_path)
+    card = (prepared.path / CARD).read_text()
+    meta = json.loads((prepared.path / METADATA).read_text())
+    assert card.startswith("---\ntags:\n- synthetic\n- conversation")
+    assert "language:\n- en" in card and "size_categories:\n- 1K<n<10K" in card
+    for source in meta["sources"]:
+        assert f"| {source['name']} | - | {source['split']} |" in card
+        assert f"{source['actual_entries']:,}" in card
+    assert "think_nested" in card
+    assert 'load_dataset("org/fixture-sft"' in card
+
+
+def test_a_prepared_blend_is_reused_and_a_changed_one_rebuilt(fixture_sources, blend_cfg, tmp_path):
+    root, _ = fixture_sources
+    cfg = preference_blend(blend_cfg, root)
+    first = prepare_blend(cfg, tmp_path)
+    stamp = (first.path / METADATA).stat().st_mtime_ns
+    assert prepare_blend(cfg, tmp_path).path == first.path
+    assert (first.path / METADATA).stat().st_mtime_ns == stamp  # not rebuilt
+    assert blend_dir(blend_cfg(**{**cfg, "eval_size": 9}), tmp_path) == first.path  # training-only field
+    changed = prepare_blend(blend_cfg(**{**cfg, "seed": 3}), tmp_path)
+    assert changed.path != first.path
+
+
+def test_a_changed_source_file_is_a_new_blend(blend_cfg, tmp_path):
+    from trlm.data.fixtures import olmo_row, write_jsonl
+
+    path = tmp_path / "pairs.jsonl"
+    write_jsonl([olmo_row(i) for i in range(20)], path)
+    cfg = blend_cfg(name="p", kind="preference", sources=[{"name": str(path)}])
+    before = blend_dir(cfg, tmp_path)
+    write_jsonl([olmo_row(i) for i in range(21)], path)
+    assert blend_dir(cfg, tmp_path) != before
+
+
+def test_an_interrupted_preparation_leaves_nothing_that_looks_finished(
+    fixture_sources, blend_cfg, tmp_path, monkeypatch
+):
+    root, _ = fixture_sources
+    cfg = preference_blend(blend_cfg, root)
+    real, calls = prepare_module.normalise, {"n": 0}
+
+    def failing(row, kind):
+        calls["n"] += 1
+        if calls["n"] == 500:
+            raise KeyboardInterrupt
+        return real(row, kind)
+
+    monkeypatch.setattr(prepare_module, "normalise", failing)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_blend(cfg, tmp_path)
+    target = blend_dir(cfg, tmp_path)
+    assert not target.exists()
+    monkeypatch.setattr(prepare_module, "normalise", real)
+    prepared = prepare_blend(cfg, tmp_path)
+    assert prepared.path == target and (target / METADATA).exists()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_push_offline_fails_clearly_and_keeps_the_local_blend(fixture_sources, blend_cfg, tmp_path, monkeypatch):
+    root, _ = fixture_sources
+    prepared = prepare_blend(preference_blend(blend_cfg, root), tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TrlmError, match=r"Hub is unreachable.*complete at"):
+        push_to_hub(prepared.path, "org/fixture-dpo", private=True)
+    assert (prepared.path / METADATA).exists() and all(f.exists() for f in prepared.files)
+
+
+def test_offline_hub_source_fails_with_instructions(monkeypatch, blend_cfg, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    cfg = blend_cfg(name="t", kind="conversation", sources=[{"name": "HuggingFaceTB/smoltalk2", "subset": "SFT"}])
+    with pytest.raises(TrlmError, match="Hub is unreachable"):
+        prepare_blend(cfg, tmp_path)
+    assert not any(tmp_path.glob("t-*"))
+
+
+def test_an_empty_blend_is_an_error(blend_cfg, tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(TrlmError, match="is empty"):
+        prepare_blend(blend_cfg(name="t", kind="conversation", sources=[{"name": str(path)}]), tmp_path)
+    assert not list(tmp_path.glob("t-*"))

@@ -1,0 +1,156 @@
+"""One row schema per blend kind, and the checks a row must pass to be in it.
+
+Conversations: `messages` = [{role, content}, ...].
+Preferences: `prompt`, `chosen`, `rejected` = message lists; `prompt` is the longest prefix the
+source's chosen and rejected conversations share, `chosen` / `rejected` what follows it.
+Both carry `source` (the upstream dataset tag, when the source has one) and the provenance
+columns `_source_dataset`, `_source_subset`, `_source_split`, `_source_index`.
+
+`normalise` returns the row in its schema, or raises `Dropped` naming the first problem found;
+preparation counts those per reason and per source instead of failing. In a preference pair the
+think checks apply to the prompt and the chosen reply only: a malformed trace is a fair reason
+for a reply to be the rejected one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from datasets import Features, List, Value
+
+from trlm.chat_template import THINK_END, THINK_START
+from trlm.config import DataKind
+
+ROLES = ("system", "user", "assistant", "tool")
+MESSAGES = List({"role": Value("string"), "content": Value("string")})
+PROVENANCE = {
+    "source": Value("string"),
+    "_source_dataset": Value("string"),
+    "_source_subset": Value("string"),
+    "_source_split": Value("string"),
+    "_source_index": Value("int64"),
+}
+FEATURES = {
+    DataKind.conversation: Features({"messages": MESSAGES, **PROVENANCE}),
+    DataKind.preference: Features({"prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES, **PROVENANCE}),
+}
+# Every reason a row can be dropped for, in the order they are checked.
+DROP_REASONS = (
+    "not_a_conversation",
+    "missing_role",
+    "unknown_role",
+    "empty_content",
+    "no_assistant_turn",
+    "think_outside_assistant",
+    "think_unbalanced",
+    "think_nested",
+    "think_empty",
+    "no_shared_prompt",
+    "chosen_equals_rejected",
+    "duplicate",
+)
+_THINK_TAG = re.compile(re.escape(THINK_START) + "|" + re.escape(THINK_END))
+
+
+class Dropped(Exception):
+    def __init__(self, reason: str) -> None:
+        assert reason in DROP_REASONS, reason
+        super().__init__(reason)
+        self.reason = reason
+
+
+def text_of(content: Any) -> str | None:
+    """Message content as text: strings as they are, multimodal part lists as their text parts."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text") or "" for part in content if isinstance(part, dict))
+    return str(content)
+
+
+def think_problem(text: str) -> str | None:
+    """What is wrong with the <think> blocks of an assistant reply, if anything."""
+    depth, opened_at = 0, 0
+    for tag in _THINK_TAG.finditer(text):
+        if tag.group() == THINK_START:
+            if depth:
+                return "think_nested"
+            depth, opened_at = 1, tag.end()
+        else:
+            if not depth:
+                return "think_unbalanced"
+            if not text[opened_at : tag.start()].strip():
+                return "think_empty"
+            depth = 0
+    return "think_unbalanced" if depth else None
+
+
+def messages_of(raw: Any) -> list[dict[str, str]]:
+    """Checked {role, content} messages; raises Dropped on the first problem."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(m, dict) for m in raw):
+        raise Dropped("not_a_conversation")
+    messages = []
+    for message in raw:
+        role, content = message.get("role"), text_of(message.get("content"))
+        if not role:
+            raise Dropped("missing_role")
+        if role not in ROLES:
+            raise Dropped("unknown_role")
+        if content is None or not content.strip():
+            raise Dropped("empty_content")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def check_turns(messages: list[dict[str, str]], need_assistant: bool = True) -> None:
+    if need_assistant and not any(m["role"] == "assistant" for m in messages):
+        raise Dropped("no_assistant_turn")
+    for message in messages:
+        if message["role"] != "assistant":
+            if _THINK_TAG.search(message["content"]):
+                raise Dropped("think_outside_assistant")
+        elif problem := think_problem(message["content"]):
+            raise Dropped(problem)
+
+
+def shared_prefix(a: list[dict[str, str]], b: list[dict[str, str]]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def normalise_conversation(row: dict[str, Any]) -> dict[str, Any]:
+    messages = messages_of(row.get("messages"))
+    check_turns(messages)
+    return {"messages": messages}
+
+
+def normalise_preference(row: dict[str, Any]) -> dict[str, Any]:
+    prompt = row.get("prompt") if isinstance(row.get("prompt"), list) else []  # already split: prompt + completions
+    chosen = messages_of(prompt + list(row.get("chosen") or []))
+    rejected = messages_of(prompt + list(row.get("rejected") or []))
+    if chosen == rejected:
+        raise Dropped("chosen_equals_rejected")
+    cut = shared_prefix(chosen, rejected)
+    if not any(m["role"] == "user" for m in chosen[:cut]):
+        raise Dropped("no_shared_prompt")
+    check_turns(chosen[:cut], need_assistant=False)
+    for completion in (chosen[cut:], rejected[cut:]):
+        if not completion or completion[0]["role"] != "assistant":
+            raise Dropped("no_assistant_turn")
+    # A malformed trace is a fair reason to reject a reply: only the chosen side must be well-formed.
+    check_turns(chosen[cut:])
+    return {"prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
+
+
+NORMALISERS = {DataKind.conversation: normalise_conversation, DataKind.preference: normalise_preference}
+
+
+def normalise(row: dict[str, Any], kind: DataKind) -> dict[str, Any]:
+    """The row in the kind's schema (without provenance), or Dropped."""
+    normalised = NORMALISERS[kind](row)
+    source = row.get("source")
+    normalised["source"] = None if source is None else str(source)
+    return normalised
