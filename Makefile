@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-clean test test-fast lint format clean
+.PHONY: setup demo demo-clean test test-fast bench lint format clean
 
 setup: $(STAMP)
 
@@ -33,13 +33,17 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Blend preparation at 1x and 10x source size: rows/s and peak memory (see bench/prepare_bench.py).
+bench: $(STAMP)
+	$(BIN)/python bench/prepare_bench.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check trlm tests train.py
-	$(BIN)/ruff format --check trlm tests train.py
+	$(BIN)/ruff check trlm tests bench train.py
+	$(BIN)/ruff format --check trlm tests bench train.py
 
 format: $(STAMP)
-	$(BIN)/ruff format trlm tests train.py
-	$(BIN)/ruff check --fix trlm tests train.py
+	$(BIN)/ruff format trlm tests bench train.py
+	$(BIN)/ruff check --fix trlm tests bench train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -5,6 +5,8 @@ This module stays light (no torch / TRL import) so that config errors come back 
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +25,9 @@ register_configs()
 def train(cfg: DictConfig) -> float:
     """The Hydra task function: runs one stage, returns its objective."""
     from trlm.run import run_stage  # heavy (torch, transformers, TRL): only once the config composed
+
+    if int(os.environ.get("RANK", "0")) != 0:  # one voice per job: other ranks only warn
+        logging.getLogger().setLevel(logging.WARNING)
 
     try:
         return run_stage(cfg, Path(HydraConfig.get().runtime.output_dir))

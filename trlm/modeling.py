@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from huggingface_hub import snapshot_download
@@ -24,18 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from trlm.chat_template import IM_END, THINK_TOKENS, chatml_template
 from trlm.config import HardwareConfig, StageConfig, TinyModelConfig
 from trlm.errors import TrlmError
+from trlm.hub import hub_reachable
 from trlm.paths import PROJECT_ROOT
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def resolve_pretrained(name_or_path: str, revision: str | None = None) -> str:

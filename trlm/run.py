@@ -18,6 +18,7 @@ import transformers
 import trl
 from datasets import DatasetDict
 from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedTokenizerBase
 from transformers.trainer_utils import get_last_checkpoint
 
 from trlm import tracking
@@ -96,7 +97,9 @@ def data_record(cfg: DictConfig, prepared: PreparedBlend, blend: DatasetDict, to
     }
 
 
-def write_run_record(cfg: DictConfig, run_dir: Path, start: StartPoint, source: str, fingerprint: str, data: dict):
+def write_run_record(
+    cfg: DictConfig, run_dir: Path, start: StartPoint, source: str, fingerprint: str, data: dict
+) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(
         run_dir / RUN_RECORD,
@@ -121,7 +124,7 @@ def held_out_conversations(cfg: DictConfig, eval_rows: datasets.Dataset) -> list
     return eval_rows["messages"]
 
 
-def save_final(trainer: trl.SFTTrainer | trl.DPOTrainer, tokenizer, run_dir: Path) -> Path:
+def save_final(trainer: trl.SFTTrainer | trl.DPOTrainer, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> Path:
     """The final model + tokenizer, written under a temporary name and renamed when complete."""
     final, staging = run_dir / FINAL, run_dir / (FINAL + ".tmp")
     trainer.save_model(str(staging))

@@ -176,3 +176,25 @@ def test_an_empty_blend_is_an_error(blend_cfg, tmp_path):
     with pytest.raises(TrlmError, match="is empty"):
         prepare_blend(blend_cfg(name="t", kind="conversation", sources=[{"name": str(path)}]), tmp_path)
     assert not list(tmp_path.glob("t-*"))
+
+
+def test_dedup_keeps_the_first_occurrence(fixture_sources, blend_cfg, tmp_path):
+    root, injected = fixture_sources
+    rows = load_prepared(prepare_blend(conversation_blend(blend_cfg, root, dedup=True), tmp_path))
+    kept = {(r["_source_dataset"], r["_source_index"]) for r in rows}
+    source = str(root / "smoltalk_no_think.jsonl")
+    duplicates = [i for i, reason in injected["smoltalk_no_think.jsonl"].items() if reason == "duplicate"]
+    assert duplicates and all((source, i) not in kept and (source, i - 1) in kept for i in duplicates)
+
+
+def test_every_kept_row_is_written_once_in_a_seeded_order(fixture_sources, blend_cfg, tmp_path):
+    root, _ = fixture_sources
+    orders = []
+    for seed in (1, 1, 2):
+        cfg = conversation_blend(blend_cfg, root, seed=seed)
+        rows = load_prepared(prepare_blend(cfg, tmp_path / str(len(orders))))
+        orders.append([(r["_source_dataset"], r["_source_index"]) for r in rows])
+    assert len(set(orders[0])) == len(orders[0])  # no row twice
+    assert orders[0] == orders[1] and sorted(orders[0]) == sorted(orders[2]) and orders[0] != orders[2]
+    sources = [name for name, _ in orders[0][:200]]
+    assert len(set(sources)) == 2  # the two sources are interleaved, not concatenated

@@ -103,7 +103,7 @@ def push_to_hub(folder: Path, repo_id: str, private: bool) -> str:
     """Uploads the prepared folder (data + card) as a dataset repo; the local folder is left as it is."""
     from huggingface_hub import HfApi
 
-    from trlm.modeling import hub_reachable
+    from trlm.hub import hub_reachable
 
     if not hub_reachable():
         raise TrlmError(

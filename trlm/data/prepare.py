@@ -10,7 +10,8 @@
 The folder's name carries a hash of the blend config and its sources' identity, so a repeated
 preparation reuses it and a changed config builds a new one. It is built under a temporary name
 and renamed when complete: an interrupted preparation never leaves a folder that looks finished.
-Rows stream through an on-disk Arrow file (memory-mapped), so memory stays flat as sources grow.
+Rows stream from the sources into on-disk buckets (trlm/data/buckets.py), which deduplicate and
+shuffle one bucket at a time, so memory stays flat as sources grow.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import re
 import shutil
 import time
@@ -30,11 +32,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import Dataset
-from datasets.arrow_writer import ArrowWriter
 from omegaconf import OmegaConf
 
 from trlm.config import DataConfig, SourceConfig
+from trlm.data.buckets import BUCKETS, BucketSpill, permuted
 from trlm.data.card import dataset_card
 from trlm.data.schema import FEATURES, Dropped, normalise
 from trlm.data.sources import is_local, local_identity, read_source
@@ -80,21 +81,20 @@ class SourceStats:
         self.dropped = self.dropped or Counter()
 
 
-def source_rows(
-    data: DataConfig, source: SourceConfig, stats: SourceStats, seen: set[bytes]
-) -> Iterator[dict[str, Any]]:
-    """The source's rows in the blend's schema, counting what is dropped and why."""
+def row_key(row: dict[str, Any]) -> int:
+    """A 64-bit digest of a normalised row (provenance excluded): what makes two rows duplicates."""
+    digest = hashlib.blake2b(json.dumps(row, sort_keys=True).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def source_rows(data: DataConfig, source: SourceConfig, ordinal: int, stats: SourceStats) -> Iterator[dict[str, Any]]:
+    """The source's rows in the blend's schema (plus `_key` / `_source_ordinal`), counting drops by reason."""
     started = last_report = time.monotonic()
     label = f"{source.name}" + (f" [{source.subset}/{source.split}]" if source.subset else f" [{source.split}]")
     for index, raw in read_source(source, data.sampling, data.seed):
         stats.read += 1
         try:
             row = normalise(raw, data.kind)
-            if data.dedup:
-                key = hashlib.blake2b(json.dumps(row, sort_keys=True).encode(), digest_size=12).digest()
-                if key in seen:
-                    raise Dropped("duplicate")
-                seen.add(key)
         except Dropped as dropped:
             stats.dropped[dropped.reason] += 1
             continue
@@ -105,6 +105,8 @@ def source_rows(
             "_source_subset": source.subset,
             "_source_split": source.split,
             "_source_index": index,
+            "_key": row_key(row) if data.dedup else 0,
+            "_source_ordinal": ordinal,
         }
         if (now := time.monotonic()) - last_report > PROGRESS_EVERY_S:
             log.info("%s: %d rows read, %d kept, %.0f rows/s", label, stats.read, stats.kept,
@@ -115,27 +117,80 @@ def source_rows(
              stats.read - stats.kept, stats.read / elapsed)  # fmt: skip
 
 
-def write_rows(rows: Dataset, data: DataConfig, out: Path) -> tuple[list[str], str]:
-    """Writes the shuffled rows as one JSONL file or parquet shards; returns the files and a content sha256."""
-    digest = hashlib.sha256()
-    sharded = len(rows) > data.shard_threshold
-    if not sharded:
-        files = ["train.jsonl"]
-        with (out / files[0]).open("w", encoding="utf-8") as handle:
-            for row in rows:
-                line = json.dumps(row, ensure_ascii=False, separators=(",", ":"))
-                digest.update(line.encode())
-                handle.write(line + "\n")
-        return files, digest.hexdigest()
-    (out / "data").mkdir()
-    count = -(-len(rows) // data.shard_rows)
-    files = [f"data/train-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
+def spill_rows(data: DataConfig, staging: Path, stats: list[SourceStats]) -> tuple[BucketSpill, int]:
+    """Every kept row, deduplicated when asked, spread over uniformly random buckets; and their count."""
+    schema = spill_schema(data)
+    rng = random.Random(data.seed)
+    shuffled = BucketSpill(staging / "_shuffled", schema)
+    rows = (
+        row
+        for i, (src, st) in enumerate(zip(data.sources, stats, strict=True))
+        for row in source_rows(data, src, i, st)
+    )
+    if data.dedup:  # duplicates share a content bucket: dedup one bucket at a time
+        by_content = BucketSpill(staging / "_by_content", schema)
+        for row in rows:
+            by_content.add(row["_key"] % BUCKETS, row)
+        by_content.close()
+        rows = unique_rows(by_content, stats)
+    total = 0
+    for row in rows:
+        shuffled.add(rng.randrange(BUCKETS), row)
+        total += 1
+    shuffled.close()
+    return shuffled, total
+
+
+def unique_rows(buckets: BucketSpill, stats: list[SourceStats]) -> Iterator[dict[str, Any]]:
+    for table in buckets.tables():
+        seen: set[int] = set()
+        for row in table.to_pylist():  # arrival order within a bucket: the first occurrence is kept
+            if row["_key"] in seen:
+                stats[row["_source_ordinal"]].dropped["duplicate"] += 1
+                stats[row["_source_ordinal"]].kept -= 1
+                continue
+            seen.add(row["_key"])
+            yield row
+
+
+def spill_schema(data: DataConfig) -> pa.Schema:
     schema = FEATURES[data.kind].arrow_schema
-    for name, batch in zip(files, rows.iter(batch_size=data.shard_rows), strict=True):
-        table = pa.Table.from_pydict(batch, schema=schema)
+    return schema.append(pa.field("_key", pa.uint64())).append(pa.field("_source_ordinal", pa.int32()))
+
+
+def write_rows(shuffled: BucketSpill, total: int, data: DataConfig, out: Path) -> tuple[list[str], str]:
+    """Permutes each bucket and streams the rows out as one JSONL file or parquet shards.
+
+    Returns the files and a sha256 over the rows' JSON in their final order (the same for both formats).
+    """
+    digest, rng = hashlib.sha256(), random.Random(data.seed + 1)
+    schema = FEATURES[data.kind].arrow_schema
+    sharded = total > data.shard_threshold
+    count = -(-total // data.shard_rows)
+    files = [f"data/train-{i:05d}-of-{count:05d}.parquet" for i in range(count)] if sharded else ["train.jsonl"]
+    (out / files[0]).parent.mkdir(exist_ok=True)
+    jsonl = None if sharded else (out / files[0]).open("w", encoding="utf-8")
+    shard, writer, in_shard = 0, None, 0
+    for bucket in shuffled.tables():
+        table = permuted(bucket, rng).drop_columns(["_key", "_source_ordinal"]).cast(schema)
         for row in table.to_pylist():
-            digest.update(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode())
-        pq.write_table(table, out / name)
+            line = json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+            digest.update(line.encode())
+            if jsonl:
+                jsonl.write(line + "\n")
+        while sharded and table.num_rows:
+            if writer is None:
+                writer, in_shard = pq.ParquetWriter(out / files[shard], schema), 0
+            take = min(data.shard_rows - in_shard, table.num_rows)
+            writer.write_table(table.slice(0, take))
+            table, in_shard = table.slice(take), in_shard + take
+            if in_shard == data.shard_rows:
+                writer.close()
+                writer, shard = None, shard + 1
+    if writer:
+        writer.close()
+    if jsonl:
+        jsonl.close()
     return files, digest.hexdigest()
 
 
@@ -144,31 +199,20 @@ def build(data: DataConfig, target: Path) -> PreparedBlend:
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed preparation
     staging.mkdir(parents=True)
     try:
-        return build_in(data, staging, target)
+        stats = [SourceStats() for _ in data.sources]
+        shuffled, total = spill_rows(data, staging, stats)
+        if total == 0:
+            raise TrlmError(f"blend {data.name} is empty: its sources yielded no usable rows ({summary_of(stats)})")
+        files, content_hash = write_rows(shuffled, total, data, staging)
+        shutil.rmtree(staging / "_shuffled")
+        shutil.rmtree(staging / "_by_content", ignore_errors=True)
+        metadata = describe(data, stats, files, content_hash, target.name)
+        (staging / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+        (staging / CARD).write_text(dataset_card(metadata))
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def build_in(data: DataConfig, staging: Path, target: Path) -> PreparedBlend:
-    stats = [SourceStats() for _ in data.sources]
-    seen: set[bytes] = set()
-    arrow_path = staging / "_rows.arrow"
-    with ArrowWriter(features=FEATURES[data.kind], path=str(arrow_path), writer_batch_size=1000) as writer:
-        for source, source_stats in zip(data.sources, stats, strict=True):
-            for row in source_rows(data, source, source_stats, seen):
-                writer.write(row)
-        writer.finalize()
-    rows = Dataset.from_file(str(arrow_path))  # memory-mapped
-    if len(rows) == 0:
-        raise TrlmError(f"blend {data.name} is empty: its sources yielded no usable rows ({summary_of(stats)})")
-    files, content_hash = write_rows(rows.shuffle(seed=data.seed, keep_in_memory=True), data, staging)
-    del rows
-    arrow_path.unlink()
-    metadata = describe(data, stats, files, content_hash, target.name)
-    (staging / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
-    (staging / CARD).write_text(dataset_card(metadata))
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
     return PreparedBlend(target, metadata)
 
 
