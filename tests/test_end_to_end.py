@@ -65,6 +65,7 @@ def test_each_stage_leaves_a_complete_run_directory(stages, demo_root, stage):
         assert "eval_rewards/accuracies" in summary["metrics"]
     if stage == "sft_think":
         assert 0 <= summary["metrics"]["think_format_rate"] <= 1
+        assert 0 <= summary["metrics"]["start_think_format_rate"] <= 1  # the stage-1 model, same prompts
     model = AutoModelForCausalLM.from_pretrained(run_dir / "final")
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "final")
     assert model.get_input_embeddings().num_embeddings == len(tokenizer)

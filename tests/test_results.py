@@ -22,8 +22,8 @@ def test_stages_in_pipeline_order_with_missing_figures_dashed(tmp_path):
     assert [name for name, _ in rows] == ["sft", "dpo"]
     lines = format_table(rows).splitlines()
     assert lines[0].split()[:3] == ["stage", "steps", "train"]
-    assert lines[1].split() == ["sft", "10", "1.250", "-", "0.500", "-", "-", "-"]
-    assert lines[2].split() == ["dpo", "10", "0.500", "-", "-", "-", "0.875", "-"]
+    assert lines[1].split() == ["sft", "10", "1.250", "-", "-", "0.500", "-", "-", "-", "-"]
+    assert lines[2].split() == ["dpo", "10", "0.500", "-", "-", "-", "-", "-", "0.875", "-"]
 
 
 def test_print_results_names_checkpoints_and_metrics(tmp_path, capsys):

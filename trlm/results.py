@@ -12,8 +12,10 @@ COLUMNS = (  # (header, summary metric)
     ("steps", None),
     ("train loss", "train_loss"),
     ("eval loss", "eval_loss"),
-    ("answer acc", "answer_accuracy"),
-    ("think format", "think_format_rate"),
+    ("acc@start", "start_answer_accuracy"),  # the stage's start model on the same held-out prompts
+    ("acc", "answer_accuracy"),
+    ("format@start", "start_think_format_rate"),
+    ("format", "think_format_rate"),
     ("reward acc", "eval_rewards/accuracies"),
     ("reward margin", "eval_rewards/margins"),
 )

@@ -165,22 +165,27 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> float:
     trainer = build_trainer(
         stage, args, model, tokenizer, blend["train"], blend.get("eval"), [MetricsLog(run_dir / METRICS)]
     )
+    generate = "eval" in blend and stage.evaluation.generate
+    conversations = held_out_conversations(cfg, blend["eval"]) if generate else []
     checkpoint = get_last_checkpoint(args.output_dir) if cfg.run.resume and Path(args.output_dir).is_dir() else None
+    metrics: dict[str, float] = {}
+    if generate and not checkpoint:  # the start model on the same prompts: the stage's own effect
+        before, _ = generation_eval(model, tokenizer, conversations, stage.evaluation, stage.think_tokens)
+        metrics.update({f"start_{key}": value for key, value in before.items() if key != "eval_prompts"})
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
 
-    metrics: dict[str, float] = {**last_logged(trainer.state.log_history), **train_output.metrics}
+    metrics.update({**last_logged(trainer.state.log_history), **train_output.metrics})
     metrics["train_loss"] = train_output.training_loss
     samples: list[dict[str, Any]] = []
     if "eval" in blend:
         metrics.update(trainer.evaluate())
-        if stage.evaluation.generate:
-            conversations = held_out_conversations(cfg, blend["eval"])
-            generated, samples = generation_eval(
-                trainer.model, tokenizer, conversations, stage.evaluation, expect_think=stage.think_tokens
-            )
-            metrics.update(generated)
+    if generate:
+        generated, samples = generation_eval(
+            trainer.model, tokenizer, conversations, stage.evaluation, stage.think_tokens
+        )
+        metrics.update(generated)
     final = save_final(trainer, tokenizer, run_dir)
     value = objective(metrics, cfg)
     if is_main_process():

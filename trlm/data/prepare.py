@@ -25,7 +25,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,10 +75,7 @@ def blend_dir(data: DataConfig, blends_dir: Path) -> Path:
 class SourceStats:
     read: int = 0
     kept: int = 0
-    dropped: Counter | None = None
-
-    def __post_init__(self) -> None:
-        self.dropped = self.dropped or Counter()
+    dropped: Counter = field(default_factory=Counter)
 
 
 def row_key(row: dict[str, Any]) -> int:

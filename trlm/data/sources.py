@@ -33,6 +33,8 @@ def is_local(source: SourceConfig) -> bool:
 def local_identity(source: SourceConfig) -> list[tuple[str, int, int]]:
     """(path, size, mtime) of every local file of a source: a change to any of them changes the blend."""
     path = project_path(source.name)
+    if not path.exists():
+        return [(str(path), -1, -1)]  # reading it will say so
     files = sorted(path.rglob("*")) if path.is_dir() else [path]
     return [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
 
