@@ -18,7 +18,7 @@ import transformers
 import trl
 from datasets import DatasetDict
 from omegaconf import DictConfig, OmegaConf
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from trlm import tracking
@@ -153,6 +153,7 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> float:
     blend, too_long = apply_length_policy(blend, cfg.data.kind, tokenizer, stage.recipe.max_length, cfg.data.too_long)
     data = data_record(cfg, prepared, blend, too_long)
     log.info("blend %s: %s rows, sha256 %s", cfg.data.name, data["rows"], data["sha256"][:12])
+    set_seed(stage.recipe.seed)  # before load: the rows added for new tokens are drawn at random
     model = load_model(source, tokenizer, cfg.hardware)
     log.info("model from %s: %.2fM parameters, vocab %d", source, model.num_parameters() / 1e6, len(tokenizer))
     if is_main_process():
