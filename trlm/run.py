@@ -170,7 +170,7 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> float:
     conversations = held_out_conversations(cfg, blend["eval"]) if generate else []
     checkpoint = get_last_checkpoint(args.output_dir) if cfg.run.resume and Path(args.output_dir).is_dir() else None
     metrics: dict[str, float] = {}
-    if generate and not checkpoint:  # the start model on the same prompts: the stage's own effect
+    if generate:  # the start model on the same prompts (a resume loads the checkpoint only in train())
         before, _ = generation_eval(model, tokenizer, conversations, stage.evaluation, stage.think_tokens)
         metrics.update({f"start_{key}": value for key, value in before.items() if key != "eval_prompts"})
     if checkpoint:
