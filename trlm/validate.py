@@ -17,7 +17,7 @@ DPO_LOSSES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
     "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
 )  # fmt: skip
-TRACKERS = ("none", "wandb", "tensorboard")
+TRACKERS = ("none", "wandb")
 
 
 def choice(key: str, value: object, valid: tuple[str, ...]) -> None:
@@ -29,8 +29,7 @@ def check_config(cfg: DictConfig) -> None:
     stage, recipe = cfg.stage, cfg.stage.recipe
     if stage.trainer == TrainerKind.sft:
         choice("stage.recipe.loss_type", recipe.loss_type, SFT_LOSSES)
-        for key in ("beta", "max_prompt_length"):
-            value = recipe.beta if key == "beta" else stage.max_prompt_length
+        for key, value in (("stage.recipe.beta", recipe.beta), ("stage.max_prompt_length", stage.max_prompt_length)):
             if value is not None:
                 raise TrlmError(f"stage {stage.name}: {key} applies to DPO stages only (this is an SFT stage)")
     else:
