@@ -159,7 +159,7 @@ def run_stage(cfg: DictConfig, run_dir: Path) -> float:
     if is_main_process():
         write_run_record(cfg, run_dir, start, source, fingerprint, data)
 
-    tracking.configure(cfg)
+    tracking.configure(cfg, run_dir)
     args = training_arguments(
         stage, cfg.hardware, str(run_dir / CHECKPOINTS), f"{cfg.run.name}/{stage.name}", tracking.report_to(cfg)
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -13,10 +14,11 @@ def report_to(cfg: DictConfig) -> list[str]:
     return trackers or ["none"]
 
 
-def configure(cfg: DictConfig) -> None:
+def configure(cfg: DictConfig, run_dir: Path) -> None:
     if "wandb" not in cfg.tracking.report_to:
         return
     settings = {
+        "WANDB_DIR": str(run_dir),  # W&B's local files (offline runs too) live with the run
         "WANDB_PROJECT": cfg.tracking.project,
         "WANDB_ENTITY": cfg.tracking.entity,
         "WANDB_MODE": cfg.tracking.mode,
