@@ -7,7 +7,7 @@
 
 Every `every`-th row is broken in the next way of its kind's list, so each drop reason appears;
 `write_fixture_sources` returns where, so tests can check counts against what was injected.
-`python -m trlm.data.fixtures OUT_DIR [--scale N]` writes them (the benchmark uses --scale 10).
+`python -m trlm.data.fixtures OUT_DIR [--scale N]` writes them (bench/prepare_bench.py calls it at 10x and 100x).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ FEATURES = {
     DataKind.conversation: Features({"messages": MESSAGES, **PROVENANCE}),
     DataKind.preference: Features({"prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES, **PROVENANCE}),
 }
-# Every reason a row can be dropped for, in the order they are checked.
+# Every reason a row can be dropped for (the first one a row hits is counted).
 DROP_REASONS = (
     "not_a_conversation",
     "missing_role",

@@ -22,7 +22,6 @@ from trlm.hub import hub_reachable
 from trlm.paths import project_path
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-METADATA_HINT = "its folder (paths.blends_dir) here"
 JSON_CHUNK_BYTES = 1 << 20
 
 
@@ -35,7 +34,7 @@ def local_identity(source: SourceConfig) -> list[tuple[str, int, int]]:
     path = project_path(source.name)
     if not path.exists():
         return [(str(path), -1, -1)]  # reading it will say so
-    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    files = sorted(path.iterdir()) if path.is_dir() else [path]  # the files open_local reads
     return [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
 
 
@@ -63,8 +62,9 @@ def open_hub(source: SourceConfig) -> IterableDataset:
     if not hub_reachable():
         raise TrlmError(
             f"data source {source.name} ({source.subset}/{source.split}) cannot be streamed: the Hub is "
-            f"unreachable; prepare the blend on a connected machine and copy {METADATA_HINT}, or point the "
-            f"source at local files (name: path/to/file.jsonl); to try trlm offline, run experiment=demo"
+            f"unreachable; prepare the blend on a connected machine and copy its folder (paths.blends_dir) "
+            f"here, or point the source at local files (name: path/to/file.jsonl); to try trlm offline, "
+            f"run experiment=demo"
         )
     return datasets.load_dataset(source.name, source.subset, split=source.split, streaming=True)
 
