@@ -1,6 +1,6 @@
 """trlm's entry point: `python train.py stage=<sft|sft_think|dpo> [experiment=demo] [hardware=...]`."""
 
-from trlm.cli import train
+from trlm.cli import train_main
 
 if __name__ == "__main__":
-    train()
+    train_main()

@@ -13,9 +13,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from trlm.config import register_configs
+from trlm.layout import register_resolvers
 from trlm.paths import CONF_DIR, PROJECT_ROOT
 
 register_configs()
+register_resolvers()
 
 
 @pytest.fixture
@@ -31,11 +33,24 @@ def compose_cfg() -> Callable[..., DictConfig]:
 def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
     """Runs `python train.py ARGS` with outputs under a temporary root, offline."""
 
-    def _run(*args: str, root: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600):
+    def _run(
+        *args: str,
+        root: Path | None = None,
+        env: dict[str, str] | None = None,
+        timeout: int = 600,
+        launcher: tuple[str, ...] = (sys.executable,),
+    ):
         root = root or tmp_path / "outputs"
+        flags = [a for a in args if a in ("-m", "--multirun")]  # argparse wants them before the overrides
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **(env or {})}
         return subprocess.run(
-            [sys.executable, str(PROJECT_ROOT / "train.py"), f"paths.output_root={root}", *args],
+            [
+                *launcher,
+                str(PROJECT_ROOT / "train.py"),
+                *flags,
+                f"paths.output_root={root}",
+                *(a for a in args if a not in flags),
+            ],  # fmt: skip
             cwd=tmp_path,
             env=full_env,
             capture_output=True,
@@ -44,3 +59,7 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
         )
 
     return _run
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--pinned-print", action="store_true", help="print the pinned figures a run measured")

@@ -1,19 +1,33 @@
-"""Bad input through the real entry point: one clear line, a non-zero exit, no finished-looking run."""
+"""Bad input through the real entry point: one clear line, a non-zero exit, nothing written."""
 
 from __future__ import annotations
 
-import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 
 import pytest
+
+from tests.helpers import QUICK
+from trlm.paths import PROJECT_ROOT
+from trlm.records import Summary
 
 pytestmark = pytest.mark.slow  # each case starts a Python process (a few seconds)
 
 
-def assert_refused(result, root, needle):
-    assert result.returncode != 0
+def snapshot(root):
+    """Every file under `root` with its bytes: what a refused command must leave as it was."""
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} if root.exists() else {}
+
+
+def assert_refused(result, root, needle, before=None):
+    assert result.returncode == 2, result.stderr[-2000:]
     assert needle in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
-    assert not list(root.rglob("summary.json")) if root.exists() else True
+    assert result.stderr.strip().splitlines()[-1].startswith("trlm: error: ")
+    assert snapshot(root) == (before or {})  # nothing written: no run directory, no .hydra/, no log
 
 
 @pytest.mark.parametrize(
@@ -27,13 +41,41 @@ def assert_refused(result, root, needle):
     ],
 )
 def test_composition_errors(run_cli, tmp_path, args, needle):
-    assert_refused(run_cli(*args), tmp_path / "outputs", needle)
+    result = run_cli(*args)
+    assert result.returncode != 0 and needle in result.stderr
+    assert snapshot(tmp_path / "outputs") == {}
 
 
-def test_dpo_without_a_finished_stage_two(run_cli, tmp_path):
-    result = run_cli("stage=dpo", "experiment=demo")
-    assert_refused(result, tmp_path / "outputs", "trlm: error: stage=dpo starts from a finished 'sft_think' run")
-    assert result.stderr.count("\n") == 1
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["+stage.learning_rate=1e-4"], "stage.learning_rate is not a trlm setting, so it would be ignored; did you"),
+        (["stage.recipe.max_steps=-5"], "stage.recipe.max_steps=-5 is out of range"),
+        (["stage.recipe.learning_rate=-1"], "stage.recipe.learning_rate=-1.0 is out of range"),
+        (["data.sources.0.entries=-3"], "data.sources.0.entries=-3 is out of range"),
+        (["stage.system_prompt=???"], "stage.system_prompt must be set"),
+        (["data=nope"], "data=nope is not a blend; choose one of: demo/dpo, demo/sft"),
+        (["hardware=mi300x"], "needs a CUDA/ROCm GPU"),
+        (["hardware.precision=bf16"], "bf16 on CPU"),
+        (["model.path=/no/such/model", "model.tiny=null"], "model directory /no/such/model does not exist"),
+        (["stage=dpo"], "run `python train.py stage=sft_think experiment=demo` first"),
+    ],
+)
+def test_refused_before_anything_is_written(run_cli, tmp_path, args, needle):
+    assert_refused(run_cli("experiment=demo", *args), tmp_path / "outputs", needle)
+
+
+def test_an_init_from_that_is_not_a_model(run_cli, tmp_path):
+    (tmp_path / "notes").mkdir()
+    result = run_cli("experiment=demo", f"run.init_from={tmp_path / 'notes'}")
+    assert_refused(result, tmp_path / "outputs", f"{tmp_path / 'notes'} is not a model directory (no config.json")
+
+
+def test_an_unwritable_output_root(run_cli, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    result = run_cli("experiment=demo", root=tmp_path / "a_file" / "outputs")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "trlm: error: cannot create" in result.stderr and "is not a writable folder" in result.stderr
 
 
 def test_base_model_offline_and_uncached(run_cli, tmp_path):
@@ -41,20 +83,12 @@ def test_base_model_offline_and_uncached(run_cli, tmp_path):
     assert_refused(result, tmp_path / "outputs", "not in the local Hugging Face cache and the Hub is unreachable")
 
 
-def test_gpu_preset_on_this_cpu_machine(run_cli, tmp_path):
-    assert_refused(run_cli("experiment=demo", "hardware=mi300x"), tmp_path / "outputs", "needs a CUDA/ROCm GPU")
-
-
-def test_bf16_preset_without_bf16(run_cli, tmp_path):
-    result = run_cli("experiment=demo", "hardware.precision=bf16")
-    assert_refused(result, tmp_path / "outputs", "bf16 on CPU")
-
-
 def test_empty_dataset(run_cli, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     result = run_cli("experiment=demo", "stage=sft", f"data.sources=[{{name:{empty}}}]")
-    assert_refused(result, tmp_path / "outputs", "is empty")
+    assert result.returncode == 2 and "is empty" in result.stderr
+    assert not (tmp_path / "outputs" / "demo").exists()
 
 
 def test_dpo_cfg_job_on_mi300x_shows_the_report_recipe(run_cli):
@@ -64,8 +98,90 @@ def test_dpo_cfg_job_on_mi300x_shows_the_report_recipe(run_cli):
     assert "max_prompt_length: 1048" in result.stdout and "precision: bf16" in result.stdout
 
 
-def test_a_recorded_run_of_another_recipe_is_not_continued(run_cli, tmp_path):
+def test_help_introduces_trlm_and_its_first_commands(run_cli):
+    result = run_cli("--help")
+    assert result.returncode == 0 and result.stdout.startswith("trlm: post-train tiny language models")
+    assert "make demo" in result.stdout and "make test" in result.stdout
+
+
+def test_the_trlm_command(tmp_path):
+    trlm = [sys.executable, "-m", "trlm.cli"]
+    helped = subprocess.run([*trlm, "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "trlm results DIR" in helped.stdout
+    missing = subprocess.run([*trlm, "results", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode == 2 and f"{tmp_path / 'nope'} does not exist" in missing.stderr
+
+
+@pytest.fixture
+def finished_sft(run_cli, tmp_path):
+    """A finished demo stage 1 (4 steps) under a temporary root, on a copy of the demo source."""
+    source = tmp_path / "sft.jsonl"
+    shutil.copy(PROJECT_ROOT / "trlm" / "demo" / "data" / "sft.jsonl", source)
+    args = (*QUICK, "stage=sft", f"data.sources.0.name={source}")
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / "outputs" / "demo" / "sft", args, source
+
+
+def test_a_refused_command_leaves_a_finished_run_untouched(run_cli, tmp_path, finished_sft):
+    run_dir, args, _ = finished_sft
+    before = snapshot(tmp_path / "outputs")
+    assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "train.log").exists()
+    assert_refused(run_cli(*args, "hardware=cuda"), tmp_path / "outputs", "needs a CUDA/ROCm GPU", before)
+
+
+def test_a_finished_run_rereads_another_objective_and_refuses_another_recipe(run_cli, tmp_path, finished_sft):
+    run_dir, args, _ = finished_sft
+    before = snapshot(tmp_path / "outputs")
+    rescored = run_cli(*args, "stage.objective.metric=train_loss")  # not a different run: re-read
+    assert rescored.returncode == 0 and "already finished" in rescored.stdout + rescored.stderr
+    other = run_cli(*args, "stage.recipe.learning_rate=1e-5")
+    assert_refused(other, tmp_path / "outputs", "holds a run of a different recipe (recipe changed", before)
+
+
+def test_a_resume_on_changed_data_is_refused_naming_both_hashes(run_cli, tmp_path, finished_sft):
+    run_dir, args, source = finished_sft
+    recorded = Summary.load(run_dir / "summary.json").data_sha256
+    (run_dir / "summary.json").unlink()  # interrupted after its checkpoints
+    shutil.rmtree(run_dir / "final")
+    source.write_text("".join(source.read_text().splitlines(keepends=True)[:-5]))  # the source changed
+    result = run_cli(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"trained on blend sha256 {recorded[:16]}" in result.stderr and "restore the original" in result.stderr
+    assert "another run.name" in result.stderr
+
+
+def test_a_run_that_failed_before_its_first_step_does_not_lock_its_directory(run_cli, tmp_path):
     run_dir = tmp_path / "outputs" / "demo" / "sft"
     run_dir.mkdir(parents=True)
-    (run_dir / "run.json").write_text(json.dumps({"recipe_fingerprint": "0000"}))
-    assert_refused(run_cli("experiment=demo", "stage=sft"), tmp_path / "outputs", "holds a run of a different recipe")
+    (run_dir / "run.json").write_text('{"fingerprint": "stale", "fingerprint_parts": {}}')  # no checkpoint yet
+    result = run_cli(*QUICK, "stage=sft")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Summary.load(run_dir / "summary.json").global_step == 4
+
+
+def test_one_writer_per_run_directory(run_cli, tmp_path):
+    args = [sys.executable, str(PROJECT_ROOT / "train.py"), f"paths.output_root={tmp_path / 'outputs'}",
+            *QUICK, "stage=sft", "stage.recipe.max_steps=40", "stage.recipe.save_steps=20"]  # fmt: skip
+    run_dir = tmp_path / "outputs" / "demo" / "sft"
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run_dir / ".lock").exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    second = run_cli(*QUICK, "stage=sft", "stage.recipe.max_steps=40", "stage.recipe.save_steps=20")
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    assert second.returncode == 2 and f"{run_dir} is in use" in second.stderr and "pid" in second.stderr
+    steps = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == len(set(steps))  # no line written twice
+
+
+def test_two_preparations_of_one_new_blend(tmp_path):
+    prepare = [sys.executable, "-m", "trlm.cli", "prepare", "data=demo/dpo", f"paths.output_root={tmp_path}"]
+    runs = [subprocess.Popen(prepare, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    blends = [p for p in (tmp_path / "blends").iterdir() if not p.name.endswith(".lock")]
+    assert len(blends) == 1 and (blends[0] / "metadata.json").exists()
+    assert sum("preparing 1 source(s)" in out for out in outputs) == 1  # built once, the other reused it

@@ -11,7 +11,7 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from trlm.config import TrainerKind
 from trlm.paths import CONF_DIR
-from trlm.trainers import config_fields
+from trlm.trainers import TRAINERS
 
 STAGES = sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
 HARDWARE = sorted(p.stem for p in (CONF_DIR / "hardware").glob("*.yaml"))
@@ -81,9 +81,24 @@ def test_demo_changes_model_data_and_recipe_but_keeps_the_schedule_shape(compose
 
 
 def test_recipe_keys_are_trl_arguments():
-    for kind in TrainerKind:
+    for kind, spec in TRAINERS.items():
         recipe_keys = set(REPORT["dpo" if kind == TrainerKind.dpo else "sft"])
-        assert recipe_keys <= config_fields(kind)
+        assert recipe_keys <= spec.fields
+
+
+def test_the_tiny_tokenizer_learns_every_stages_system_prompt(compose_cfg):
+    texts = compose_cfg("experiment=demo").model.tiny.tokenizer_texts
+    assert sorted(texts) == sorted(compose_cfg(f"stage={stage}").stage.system_prompt for stage in STAGES)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_report_objectives_are_evaluation_figures(compose_cfg, stage):
+    cfg = compose_cfg(f"stage={stage}")
+    assert cfg.stage.objective.metric.startswith("eval_")
+    assert cfg.data.eval_sources and cfg.data.eval_size == 0  # held out past the caps: training rows untouched
+    for held_out in cfg.data.eval_sources:
+        trained = next(s for s in cfg.data.sources if (s.subset, s.split) == (held_out.subset, held_out.split))
+        assert held_out.skip == trained.entries  # the rows just past the training cap
 
 
 @pytest.mark.parametrize(

@@ -6,14 +6,18 @@ import json
 
 import pytest
 
+from tests.helpers import finish_run
+from trlm import layout
 from trlm.errors import TrlmError
-from trlm.lineage import resolve_start, stage_dir
+from trlm.lineage import resolve_start
 
 
 def finish(run_dir):
-    (run_dir / "final").mkdir(parents=True)
-    (run_dir / "final" / "config.json").write_text("{}")
-    (run_dir / "summary.json").write_text(json.dumps({"status": "completed"}))
+    finish_run(run_dir)
+
+
+def stage_dir(cfg, stage):
+    return layout.run_dir(cfg.paths.output_root, cfg.run.name, stage)
 
 
 @pytest.fixture
@@ -42,6 +46,29 @@ def test_unfinished_previous_run_is_not_a_start(cfg_for):
     (previous / "final" / "config.json").write_text("{}")
     with pytest.raises(TrlmError, match=r"finished 'sft' run .* run\.init_from"):
         resolve_start(cfg)
+
+
+def test_the_rerun_hint_carries_the_users_experiment_and_run_name(cfg_for):
+    with pytest.raises(TrlmError, match=r"run `python train\.py stage=sft experiment=demo run\.name=mine` first"):
+        resolve_start(cfg_for("stage=sft_think", "experiment=demo", "run.name=mine"))
+    with pytest.raises(TrlmError, match=r"run `python train\.py stage=sft_think` first"):
+        resolve_start(cfg_for("stage=dpo"))
+
+
+def test_a_stage_can_start_from_a_trial_of_a_sweep(cfg_for):
+    cfg = cfg_for("stage=dpo", "experiment=demo", "run.previous_trial=lr-v2/7")
+    trial = layout.trial_dir(cfg.paths.output_root, "demo", "sft_think", "lr-v2", 7)
+    with pytest.raises(TrlmError, match=r"finished 'sft_think' trial lr-v2/7"):
+        resolve_start(cfg)
+    finish(trial)
+    (trial / "run.json").write_text(json.dumps({"fingerprint": "abc"}))  # an older record: not a RunRecord
+    start = resolve_start(cfg)
+    assert start.source == str(trial / "final") and start.stage == "sft_think"
+
+
+def test_a_malformed_previous_trial_is_refused(cfg_for):
+    with pytest.raises(TrlmError, match="<sweep>/<trial>"):
+        resolve_start(cfg_for("stage=dpo", "run.previous_trial=7"))
 
 
 def test_runs_of_another_experiment_are_not_used(cfg_for):

@@ -5,30 +5,23 @@ from __future__ import annotations
 import time
 
 import pytest
-from omegaconf import OmegaConf
 
+from tests.helpers import TINY, stage
 from trlm.chat_template import THINK_TOKENS
-from trlm.config import HardwareConfig, StageConfig, TinyModelConfig
+from trlm.config import HardwareConfig
 from trlm.errors import TrlmError
 from trlm.modeling import load_model, load_tokenizer, resolve_pretrained, stage_tokenizer, tiny_model_dir
-
-TINY = TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                       num_key_value_heads=1, vocab_size=300)  # fmt: skip
-
-
-def stage(think: bool) -> StageConfig:
-    return OmegaConf.structured(StageConfig(name="s", trainer="sft", think_tokens=think, system_prompt="Sys."))
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return tiny_model_dir(TINY, tmp_path_factory.mktemp("cache"), ["Sys."])
+    return tiny_model_dir(TINY, tmp_path_factory.mktemp("cache"))
 
 
 def test_tiny_model_is_built_once_and_cached(tiny_dir):
     assert (tiny_dir / "config.json").exists() and (tiny_dir / "tokenizer.json").exists()
     mtime = (tiny_dir / "model.safetensors").stat().st_mtime_ns
-    assert tiny_model_dir(TINY, tiny_dir.parent, ["Sys."]) == tiny_dir
+    assert tiny_model_dir(TINY, tiny_dir.parent) == tiny_dir
     assert (tiny_dir / "model.safetensors").stat().st_mtime_ns == mtime
     assert not list(tiny_dir.parent.glob("*.tmp"))
 
@@ -62,6 +55,18 @@ def test_think_tokens_are_added_once_and_survive_a_save(tiny_dir, tmp_path):
 
 def test_local_directories_resolve_to_themselves(tiny_dir):
     assert resolve_pretrained(str(tiny_dir)) == str(tiny_dir)
+
+
+def test_a_missing_model_directory_is_named(tmp_path):
+    with pytest.raises(TrlmError, match=f"model directory {tmp_path}/nope does not exist"):
+        resolve_pretrained(str(tmp_path / "nope"))
+
+
+def test_a_directory_that_is_not_a_model_is_named_with_a_hint(tiny_dir, tmp_path):
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "config.json").write_text("{}")
+    with pytest.raises(TrlmError, match=r"not a model directory \(no config.json .*its finished model is .*final"):
+        resolve_pretrained(str(tmp_path / "run"))
 
 
 def test_uncached_hub_model_offline_fails_fast_with_instructions(monkeypatch, tmp_path):

@@ -1,12 +1,16 @@
-"""Tracking settings reach W&B through its environment and TRL's report_to."""
+"""Tracking settings reach W&B through its environment and TRL's report_to; the user's WANDB_MODE wins."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 from trlm import tracking
+from trlm.errors import TrlmError
+
+DUMMY_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, as a real key
 
 
 def test_none_reports_nowhere(compose_cfg, monkeypatch, tmp_path):
@@ -27,11 +31,55 @@ def test_wandb_groups_stages_of_one_experiment(compose_cfg, monkeypatch, tmp_pat
     assert "WANDB_ENTITY" not in os.environ and os.environ["WANDB_DIR"] == str(tmp_path)
 
 
+@pytest.mark.parametrize(("env", "setting", "expected"), [
+    (None, None, "online"), ("offline", None, "offline"), ("offline", "online", "online"), (None, "disabled", "disabled"),
+])  # fmt: skip
+def test_the_users_wandb_mode_is_respected_unless_the_config_says_otherwise(
+    compose_cfg, monkeypatch, env, setting, expected
+):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    if env:
+        monkeypatch.setenv("WANDB_MODE", env)
+    overrides = ["tracking=wandb"] + ([f"tracking.mode={setting}"] if setting else [])
+    assert tracking.mode(compose_cfg(*overrides)) == expected
+
+
+def test_online_without_a_reachable_server_fails_fast(compose_cfg, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", DUMMY_KEY)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    started = time.monotonic()
+    with pytest.raises(TrlmError, match=r"W&B server http://127.0.0.1:9 is unreachable: set tracking.mode=offline"):
+        tracking.check(compose_cfg("tracking=wandb"))
+    assert time.monotonic() - started < 5
+
+
+def test_online_without_a_key_says_so(compose_cfg, monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(TrlmError, match="no W&B API key"):
+        tracking.check(compose_cfg("tracking=wandb"))
+
+
 @pytest.mark.slow
-def test_an_offline_wandb_run_lands_in_the_run_directory(run_cli, tmp_path):
-    args = ["tracking=wandb", "tracking.mode=offline", "stage.recipe.max_steps=2", "stage.evaluation.generate=false"]
-    result = run_cli("experiment=demo", "stage=sft", *args)  # tracking.mode wins over the runner's WANDB_MODE
+def test_wandb_mode_offline_from_the_environment_is_honoured(run_cli, tmp_path):
+    args = ["tracking=wandb", "stage.recipe.max_steps=2", "stage.evaluation.generate=false"]
+    started = time.monotonic()
+    result = run_cli("experiment=demo", "stage=sft", *args, env={"WANDB_MODE": "offline", "WANDB_API_KEY": DUMMY_KEY})
     assert result.returncode == 0, result.stderr[-2000:]
+    assert time.monotonic() - started < 90  # no online attempt, no retries
     run_dir = tmp_path / "outputs" / "demo" / "sft"
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and (run_dir / "summary.json").exists()
+    logged = (run_dir / "train.log").read_text() + result.stdout + result.stderr
+    assert DUMMY_KEY not in logged and DUMMY_KEY not in (run_dir / ".hydra" / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_tracking_off_says_nothing_about_wandb(run_cli):
+    result = run_cli("experiment=demo", "stage=sft", "stage.recipe.max_steps=1", "stage.evaluation.generate=false",
+                     env={"WANDB_MODE": "offline"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "wandb" not in (result.stdout + result.stderr).lower()

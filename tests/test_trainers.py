@@ -6,7 +6,7 @@ import pytest
 from datasets import Dataset
 from trl import DPOConfig, SFTConfig
 
-from tests.test_modeling import TINY, stage
+from tests.helpers import TINY, stage
 from trlm.errors import TrlmError
 from trlm.modeling import load_model, load_tokenizer
 from trlm.trainers import PromptTruncatingDPOTrainer, training_arguments
@@ -44,7 +44,7 @@ def test_extra_args_pass_through_and_are_checked(compose_cfg, tmp_path):
 def test_dpo_keeps_the_last_max_prompt_length_prompt_tokens(compose_cfg, tmp_path):
     from trlm.modeling import tiny_model_dir
 
-    model_dir = tiny_model_dir(TINY, tmp_path / "cache", ["Sys."])
+    model_dir = tiny_model_dir(TINY, tmp_path / "cache")
     tokenizer = load_tokenizer(str(model_dir), stage(think=True))
     model = load_model(str(model_dir), tokenizer, compose_cfg().hardware)
     long_prompt = "What is " + " + ".join(["1"] * 40) + "?"

@@ -1,39 +1,101 @@
 """Command-line doors: `python train.py` / `trlm train`, `trlm prepare` (Hydra), `trlm results DIR`.
 
 This module stays light (no torch / TRL import) so that config errors come back at once.
+
+The Hydra task function raises on failure, so that under `-m` one failed job is recorded as failed
+and the sweep goes on (a `SystemExit` would end the whole multirun). Only a single run turns a
+`TrlmError` into one line on stderr and exit code 2. Either way W&B is closed, and a refused
+command leaves no empty run directory behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from trlm import tracking
 from trlm.config import register_configs
+from trlm.distributed import is_main_process
 from trlm.errors import TrlmError
-from trlm.paths import CONF_DIR
+from trlm.fsutil import remove_empty_dirs
+from trlm.layout import output_root, register_resolvers
+from trlm.paths import CONF_DIR, project_path
 
 register_configs()
+register_resolvers()
+log = logging.getLogger("trlm")
+
+
+def import_run_stage(cfg: DictConfig) -> Callable[..., float]:
+    # transformers prints "Running in WANDB offline mode" on import whenever WANDB_MODE=offline is set;
+    # with tracking off that line is noise about a tool the run does not use.
+    quiet = contextlib.redirect_stdout(io.StringIO()) if not tracking.enabled(cfg) else contextlib.nullcontext()
+    with quiet:
+        from trlm.run import run_stage  # heavy (torch, transformers, TRL): only once the config composed
+    return run_stage
+
+
+def refuse(message: str) -> None:
+    print(f"trlm: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class WritableOutputs(Callback):
+    """Refuses, in one line, a run or sweep directory that cannot be created, before Hydra tries to."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
+        self.check(Path(config.hydra.run.dir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        self.check(Path(config.hydra.sweep.dir))
+
+    @staticmethod
+    def check(path: Path) -> None:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            refuse(f"cannot create {path}: {existing} is not a writable folder; set paths.output_root")
+
+
+def check_blend_choice(args: list[str]) -> None:
+    """`data=nope`: list the blends that exist (Hydra cannot list a group nested one level deeper)."""
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == "data" and value and not (CONF_DIR / "data" / f"{value}.yaml").exists():
+            blends = sorted(
+                str(p.relative_to(CONF_DIR / "data").with_suffix("")) for p in CONF_DIR.glob("data/*/*.yaml")
+            )
+            refuse(f"data={value} is not a blend; choose one of: {', '.join(blends)} (conf/data/<experiment>/<stage>)")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def train(cfg: DictConfig) -> float:
     """The Hydra task function: runs one stage, returns its objective."""
-    from trlm.run import run_stage  # heavy (torch, transformers, TRL): only once the config composed
-
-    if int(os.environ.get("RANK", "0")) != 0:  # one voice per job: other ranks only warn
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if not is_main_process():  # one voice per job: other ranks only warn
         logging.getLogger().setLevel(logging.WARNING)
-
     try:
-        return run_stage(cfg, Path(HydraConfig.get().runtime.output_dir))
+        return import_run_stage(cfg)(cfg, run_dir, list(hydra_cfg.overrides.task))
     except TrlmError as error:
-        print(f"trlm: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        if hydra_cfg.mode == RunMode.RUN:
+            print(f"trlm: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        log.error("trlm: error: %s", error)  # this job failed; the sweep goes on
+        raise
+    finally:
+        tracking.finish()  # a failed job must not leave its W&B run open for the next job
+        remove_empty_dirs(run_dir, output_root(cfg.paths.output_root))
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")
@@ -46,7 +108,7 @@ def prepare(cfg: DictConfig) -> None:
     try:
         prepared = prepare_blend(cfg.data, project_path(cfg.paths.blends_dir), rebuild=cfg.rebuild)
         meta = prepared.metadata
-        print(f"{meta['name']}: {meta['total_entries']} rows in {prepared.path} (sha256 {meta['content_sha256']})")
+        print(f"{meta.name}: {meta.total_entries} rows in {prepared.path} (sha256 {meta.content_sha256})")
         if cfg.push_to_hub:
             print(f"pushed to {push_to_hub(prepared.path, cfg.data.name, cfg.private)}")
     except TrlmError as error:
@@ -54,20 +116,59 @@ def prepare(cfg: DictConfig) -> None:
         raise SystemExit(2) from None
 
 
-USAGE = """usage: trlm train [key=value ...]     run a stage (same as `python train.py`)
-       trlm prepare data=<blend> [...]  prepare a blend (conf/data/<experiment>/<stage>), e.g. data=report/sft
-       trlm results DIR               the summary table of an experiment's stages (e.g. outputs/demo)"""
+def hydra_command(task: Callable[[], object]) -> Callable[[list[str]], int]:
+    def run(args: list[str]) -> int:
+        check_blend_choice(args)
+        sys.argv = [f"{sys.argv[0]} {task.__name__}", *args]
+        task()
+        return 0
+
+    return run
+
+
+def train_main() -> None:
+    """`python train.py ...`."""
+    check_blend_choice(sys.argv[1:])
+    train()
+
+
+def results(args: list[str]) -> int:
+    if len(args) != 1:
+        raise TrlmError("usage: trlm results DIR")
+    from trlm.results import print_results
+
+    folder = project_path(args[0])
+    if not folder.is_dir():
+        raise TrlmError(f"{args[0]} does not exist (or is not a folder)")
+    return print_results(folder)
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "train": (hydra_command(train), "[key=value ...]     run a stage (same as `python train.py`; -m for a multirun)"),
+    "prepare": (hydra_command(prepare), "data=<blend> [...]  prepare a blend (conf/data/<experiment>/<stage>)"),
+    "results": (results, "DIR                 the figures of every finished run under DIR (e.g. outputs/demo)"),
+}
+
+
+def usage() -> str:
+    lines = [f"trlm {name} {text}" for name, (_, text) in COMMANDS.items()]
+    return "usage: " + "\n       ".join(lines)
 
 
 def main() -> None:
     command, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
-    if command in ("train", "prepare"):
-        sys.argv = [f"{sys.argv[0]} {command}", *rest]
-        train() if command == "train" else prepare()
-    elif command == "results" and len(rest) == 1:
-        from trlm.results import print_results
-
-        raise SystemExit(print_results(Path(rest[0])))
-    else:
-        print(USAGE, file=sys.stderr)
+    if command in ("-h", "--help", "help"):
+        print(usage())
+        raise SystemExit(0)
+    if command not in COMMANDS:
+        print(usage(), file=sys.stderr)
         raise SystemExit(2)
+    try:
+        raise SystemExit(COMMANDS[command][0](rest))
+    except TrlmError as error:
+        print(f"trlm: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

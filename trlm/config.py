@@ -74,6 +74,9 @@ class RecipeConfig:
     beta: float | None = None  # DPO only
     save_steps: int = 500
     gradient_checkpointing: bool = True
+    # Off, as the report: every row is its own sequence. On, rows are packed (bfd) into max_length
+    # blocks: more sequences per step, so a change to the recipe (SFT stages only).
+    packing: bool = False
     logging_steps: int = 1
     seed: int = 42
 
@@ -94,7 +97,7 @@ class EvalConfig:
 class ObjectiveConfig:
     """The summary figure the Hydra task function returns (what a sweep optimises)."""
 
-    metric: str = "train_loss"
+    metric: str = "eval_loss"
     direction: Direction = Direction.minimize
 
 
@@ -124,6 +127,7 @@ class SourceConfig:
     subset: str | None = None
     split: str = "train"
     entries: int | None = None  # cap: the first N rows; None takes all
+    skip: int = 0  # rows passed over before the cap (held-out rows read just past a training cap)
     drop_columns: list[str] = field(default_factory=list)
     rename_columns: dict[str, str] = field(default_factory=dict)
 
@@ -143,6 +147,9 @@ class DataConfig:
     shard_rows: int = 5_000
     # Training-time use of the prepared blend:
     eval_size: int = 0  # rows held out (the last of the shuffled blend) for the stage's evaluation
+    # Or: held-out rows from their own sources (prepared as a second blend), leaving every training
+    # row in place. The report blends use this: trlm's addition, the training rows stay the report's.
+    eval_sources: list[SourceConfig] = field(default_factory=list)
     too_long: TooLong = TooLong.truncate  # rows over the stage's max_length after tokenisation
 
 
@@ -159,6 +166,9 @@ class TinyModelConfig:
     rope_theta: float = 10000.0
     vocab_size: int = 512  # BPE target size; the model's embedding matches the tokenizer
     seed: int = 0
+    # Texts the tokenizer learns merges for besides the demo data: the stages' system prompts, so
+    # every stage's prompt tokenizes compactly (a test keeps them equal to conf/stage/*.yaml).
+    tokenizer_texts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -182,6 +192,9 @@ class HardwareConfig:
     dataloader_num_workers: int = 0
     optim: str = "adamw_torch"
     torch_empty_cache_steps: int | None = None
+    # torch's intra-op threads; None keeps torch's default (all cores). Processes sharing a machine
+    # (parallel sweep trials) each need their share, or they slow each other several-fold.
+    cpu_threads: int | None = None
 
 
 @dataclass
@@ -190,7 +203,7 @@ class TrackingConfig:
     report_to: list[str] = field(default_factory=lambda: ["none"])
     project: str = "trlm"
     entity: str | None = None
-    mode: str = "online"  # wandb: online | offline | disabled
+    mode: str | None = None  # wandb: online | offline | disabled; unset: $WANDB_MODE, else online
     tags: list[str] = field(default_factory=list)
 
 
@@ -198,7 +211,11 @@ class TrackingConfig:
 class RunConfig:
     name: str = "report"  # outputs/<name>/<stage>: stages of one experiment share a name
     init_from: str | None = None  # explicit start model (path or Hub id); overrides lineage
-    resume: bool = True  # continue from the last checkpoint in the run directory
+    # Start from the previous stage's run in a sweep instead: "<sweep>/<trial>" (trlm/layout.py).
+    previous_trial: str | None = None
+    resume: bool = True  # continue from the last complete checkpoint in the run directory
+    sweep: str = "multirun"  # multirun jobs: outputs/<name>/sweeps/<sweep>/<stage>/<trial>
+    trial: str | None = None  # set by a sweeper that numbers its trials; else the job's overrides name it
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -21,14 +20,31 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from trlm.chat_template import IM_END, THINK_TOKENS, chatml_template
 from trlm.config import HardwareConfig, StageConfig, TinyModelConfig
 from trlm.errors import TrlmError
+from trlm.fsutil import atomic_dir
 from trlm.hub import hub_reachable
-from trlm.paths import PROJECT_ROOT
+from trlm.locks import FileLock
+
+
+def looks_like_path(name: str) -> bool:
+    """A Hub id is `name` or `org/name`; anything else (absolute, ./, ~, deeper) is meant as a folder."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_model_dir(path: Path, given: str) -> None:
+    if (path / "config.json").exists():
+        return
+    hint = f"; its finished model is {path / 'final'}" if (path / "final" / "config.json").exists() else ""
+    raise TrlmError(f"{given} is not a model directory (no config.json in {path}){hint}")
 
 
 def resolve_pretrained(name_or_path: str, revision: str | None = None) -> str:
     """A local directory holding the model: `name_or_path` itself, or its Hub snapshot."""
-    if Path(name_or_path).is_dir():
-        return name_or_path
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        check_model_dir(path, name_or_path)
+        return str(path)
+    if looks_like_path(name_or_path):
+        raise TrlmError(f"model directory {name_or_path} does not exist")
     try:
         return snapshot_download(name_or_path, revision=revision, local_files_only=True)
     except LocalEntryNotFoundError:
@@ -70,17 +86,24 @@ def load_model(source: str, tokenizer: PreTrainedTokenizerBase, hardware: Hardwa
     return model
 
 
-def tiny_model_dir(tiny: TinyModelConfig, cache_dir: Path, system_prompts: list[str]) -> Path:
+def tiny_model_dir(tiny: TinyModelConfig, cache_dir: Path) -> Path:
     """Builds (once) a tiny random-init Llama and its demo tokenizer; returns their directory."""
-    spec = {"tiny": OmegaConf.to_container(OmegaConf.structured(tiny)), "system_prompts": system_prompts}
+    spec = OmegaConf.to_container(OmegaConf.structured(tiny))
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     target = cache_dir / f"tiny_llama-{digest}"
     if (target / "config.json").exists():
         return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_name(f"{target.name}.lock"), "building the tiny demo model").hold(wait=True):
+        if not (target / "config.json").exists():  # else built by another process while we waited
+            build_tiny_model(tiny, target)
+    return target
 
+
+def build_tiny_model(tiny: TinyModelConfig, target: Path) -> None:
     from trlm.demo.tokenizer import train_demo_tokenizer
 
-    tokenizer = train_demo_tokenizer(tiny.vocab_size, system_prompts)
+    tokenizer = train_demo_tokenizer(tiny.vocab_size, list(tiny.tokenizer_texts))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=tiny.hidden_size,
@@ -97,17 +120,9 @@ def tiny_model_dir(tiny: TinyModelConfig, cache_dir: Path, system_prompts: list[
     )
     torch.manual_seed(tiny.seed)
     model = LlamaForCausalLM(config)
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    staging.rename(target)
-    return target
-
-
-def stage_system_prompts() -> list[str]:
-    """The system prompts of every stage in conf/stage, which the demo tokenizer learns merges for."""
-    return [OmegaConf.load(path).system_prompt for path in sorted((PROJECT_ROOT / "conf" / "stage").glob("*.yaml"))]
+    with atomic_dir(target) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
 
 
 def load_tokenizer(source: str, stage: StageConfig) -> PreTrainedTokenizerBase:

@@ -1,11 +1,11 @@
-"""`trlm results outputs/<run.name>`: where each stage's checkpoint and metrics went, and its figures."""
+"""`trlm results DIR`: every finished run under DIR (stages, sweep trials, at any depth) and its figures."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from trlm.run_dir import METRICS, SUMMARY
+from trlm.records import Summary
+from trlm.run_dir import SUMMARY
 
 STAGE_ORDER = ("sft", "sft_think", "dpo")
 COLUMNS = (  # (header, summary metric)
@@ -19,35 +19,52 @@ COLUMNS = (  # (header, summary metric)
     ("reward acc", "eval_rewards/accuracies"),
     ("reward margin", "eval_rewards/margins"),
 )
+LEGEND = (
+    "acc: exact-match answer accuracy; format: share of well-formed <think>...</think> + answer replies "
+    "(both greedy, on held-out prompts); @start: the stage's start model on the same prompts; "
+    "reward acc / margin: DPO implicit reward on held-out pairs; -: not measured by that stage"
+)
 
 
-def stage_summaries(experiment_dir: Path) -> list[tuple[str, dict]]:
-    found = {p.parent.name: json.loads(p.read_text()) for p in experiment_dir.glob(f"*/{SUMMARY}")}
-    ordered = [s for s in STAGE_ORDER if s in found] + sorted(set(found) - set(STAGE_ORDER))
-    return [(name, found[name]) for name in ordered]
+def find_runs(root: Path) -> list[tuple[str, Summary]]:
+    """(name relative to `root`, summary) of each finished run below it, in pipeline order."""
+    found = []
+    for path in root.rglob(SUMMARY):
+        summary = Summary.load(path)
+        if summary is not None and summary.status == "completed":
+            name = str(path.parent.relative_to(root)) if path.parent != root else root.name
+            found.append((name, summary))
+
+    def order(item: tuple[str, Summary]) -> tuple:
+        name, summary = item
+        stage = STAGE_ORDER.index(summary.stage) if summary.stage in STAGE_ORDER else len(STAGE_ORDER)
+        return ("/" in name, stage, name)  # single runs first, then sweep trials
+
+    return sorted(found, key=order)
 
 
-def format_table(rows: list[tuple[str, dict]]) -> str:
-    header = ["stage", *(title for title, _ in COLUMNS)]
+def format_table(rows: list[tuple[str, Summary]]) -> str:
+    header = ["run", *(title for title, _ in COLUMNS)]
     lines = [header]
     for name, summary in rows:
-        metrics = summary["metrics"]
-        cells = [name, str(summary["global_step"])]
+        cells = [name, str(summary.global_step)]
         for _, key in COLUMNS[1:]:
-            cells.append(f"{metrics[key]:.3f}" if key in metrics else "-")
+            cells.append(f"{summary.metrics[key]:.3f}" if key in summary.metrics else "-")
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
-def print_results(experiment_dir: Path) -> int:
-    rows = stage_summaries(experiment_dir)
+def print_results(root: Path) -> int:
+    rows = find_runs(root)
     if not rows:
-        print(f"no finished stage under {experiment_dir} (a finished stage has {SUMMARY})")
+        print(f"no finished run under {root} (a finished run has {SUMMARY})")
         return 1
     for name, summary in rows:
-        print(f"{name}: checkpoint {summary['final_model']}")
-        print(f"{' ' * len(name)}  metrics    {Path(summary['final_model']).parent / METRICS}")
+        print(f"{name}: checkpoint {summary.final_model}")
+        print(f"{' ' * len(name)}  metrics    {summary.metrics_file}")
     print()
     print(format_table(rows))
+    print()
+    print(LEGEND)
     return 0

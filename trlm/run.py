@@ -1,14 +1,17 @@
-"""One stage, start to finish: check, resolve the start model, load, train, evaluate, record.
+"""One stage, start to finish: check, prepare, claim the run directory, train, evaluate, record.
 
 `run_stage` is what the Hydra task function calls; it returns the run's objective (the summary
-figure named by `stage.objective`), which is what a sweep optimises.
+figure named by `stage.objective`), which is what a sweep optimises. It raises `TrlmError` for
+anything the user can fix; nothing is written to the run directory before the checks pass.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
+import math
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,55 +21,48 @@ import transformers
 import trl
 from datasets import DatasetDict
 from omegaconf import DictConfig, OmegaConf
-from transformers import PreTrainedTokenizerBase, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 
 from trlm import tracking
-from trlm.config import TrainerKind
 from trlm.data.blend import apply_length_policy, load_blend
-from trlm.data.prepare import PreparedBlend
+from trlm.distributed import broadcast_from_main, is_main_process, world_size
 from trlm.errors import TrlmError
 from trlm.evaluation import generation_eval
+from trlm.fingerprint import differences, fingerprint, fingerprint_parts, global_batch
+from trlm.fsutil import atomic_dir
 from trlm.lineage import StartPoint, resolve_start
-from trlm.modeling import load_model, load_tokenizer, resolve_pretrained, stage_system_prompts, tiny_model_dir
+from trlm.locks import FileLock
+from trlm.modeling import load_model, load_tokenizer, resolve_pretrained, tiny_model_dir
 from trlm.paths import project_path
+from trlm.records import RunRecord, Summary
 from trlm.run_dir import (
+    CHECKPOINTS,
     FINAL,
+    LOCK,
+    LOG_FILE,
     METRICS,
     RUN_RECORD,
     SUMMARY,
+    CheckpointMarker,
     MetricsLog,
     git_state,
+    has_progress,
     is_finished,
-    is_main_process,
-    read_json,
-    recipe_fingerprint,
-    write_json,
+    latest_complete_checkpoint,
+    save_command_records,
 )
-from trlm.trainers import build_trainer, training_arguments
+from trlm.trainers import TRAINERS, build_trainer, training_arguments
 from trlm.validate import check_config, check_hardware
 
 log = logging.getLogger(__name__)
-CHECKPOINTS = "checkpoints"
 
 
 def start_model_dir(cfg: DictConfig, start: StartPoint) -> str:
     """A local directory for the start point, building the tiny demo model when that is the base."""
     if start.kind == "base" and cfg.model.tiny is not None:
-        cache = project_path(cfg.paths.cache_dir)
-        return str(tiny_model_dir(cfg.model.tiny, cache, stage_system_prompts()))
+        return str(tiny_model_dir(cfg.model.tiny, project_path(cfg.paths.cache_dir)))
     revision = cfg.model.revision if start.kind == "base" else None
     return resolve_pretrained(start.source, revision)
-
-
-def check_run_dir(run_dir: Path, fingerprint: str) -> None:
-    """A deterministic run directory may already hold work; only the same recipe may continue it."""
-    record = read_json(run_dir / RUN_RECORD)
-    if record and record.get("recipe_fingerprint") != fingerprint:
-        raise TrlmError(
-            f"{run_dir} holds a run of a different recipe (fingerprint {record.get('recipe_fingerprint')}, "
-            f"now {fingerprint}): choose another run.name, or delete that directory to start over"
-        )
 
 
 def objective(metrics: dict[str, float], cfg: DictConfig) -> float:
@@ -86,127 +82,200 @@ def last_logged(log_history: list[dict[str, Any]]) -> dict[str, float]:
     return values
 
 
-def data_record(cfg: DictConfig, prepared: PreparedBlend, blend: DatasetDict, too_long: dict[str, int]) -> dict:
+def data_record(cfg: DictConfig, blend: DatasetDict, prepared: dict[str, Any], too_long: dict[str, int]) -> dict:
     return {
         "name": cfg.data.name,
-        "prepared": str(prepared.path),
-        "config_hash": prepared.metadata["config_hash"],
-        "sha256": prepared.metadata["content_sha256"],
+        **prepared,
         "rows": {split: len(rows) for split, rows in blend.items()},
         "too_long": {"policy": cfg.data.too_long.value, "max_length": cfg.stage.recipe.max_length, **too_long},
     }
 
 
-def write_run_record(
-    cfg: DictConfig, run_dir: Path, start: StartPoint, source: str, fingerprint: str, data: dict
-) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(
-        run_dir / RUN_RECORD,
-        {
-            "stage": cfg.stage.name,
-            "run_name": cfg.run.name,
-            "experiment": cfg.experiment,
-            "recipe_fingerprint": fingerprint,
-            "start": {**start.record(), "resolved": source},
-            "data": data,
-            "git": git_state(),
-            "hardware": cfg.hardware.name,
-            "world_size": cfg.hardware.devices_per_node * cfg.hardware.num_nodes,
-            "versions": {lib.__name__: lib.__version__ for lib in (torch, transformers, trl, datasets)},
-        },
+def check_continuation(run_dir: Path, parts: dict[str, str]) -> None:
+    """A directory holding work continues only under the same fingerprint; one without work is free."""
+    record = RunRecord.load(run_dir / RUN_RECORD)
+    if record is None or record.fingerprint == fingerprint(parts) or not has_progress(run_dir):
+        return
+    changed = differences(record.fingerprint_parts, parts)
+    if "data" in changed:
+        raise TrlmError(
+            f"{run_dir} was trained on blend sha256 {record.fingerprint_parts.get('data', '?')[:16]}, but the "
+            f"blend now has sha256 {parts['data'][:16]} (its sources changed): restore the original sources to "
+            f"resume, or start over with another run.name (or delete {run_dir})"
+        )
+    raise TrlmError(
+        f"{run_dir} holds a run of a different recipe ({', '.join(changed)} changed since it started): "
+        f"choose another run.name, or delete that directory to start over"
     )
 
 
-def held_out_conversations(cfg: DictConfig, eval_rows: datasets.Dataset) -> list[list[dict[str, str]]]:
-    if cfg.stage.trainer == TrainerKind.dpo:  # the chosen conversation is the reference
-        return [p + c for p, c in zip(eval_rows["prompt"], eval_rows["chosen"], strict=True)]
-    return eval_rows["messages"]
+@contextmanager
+def run_log(run_dir: Path):
+    """Appends this process's log lines to the run's train.log while it works on the run."""
+    handler = logging.FileHandler(run_dir / LOG_FILE)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
-def save_final(trainer: trl.SFTTrainer | trl.DPOTrainer, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> Path:
-    """The final model + tokenizer, written under a temporary name and renamed when complete."""
-    final, staging = run_dir / FINAL, run_dir / (FINAL + ".tmp")
-    trainer.save_model(str(staging))
+def claim(run_dir: Path, parts: dict[str, str]) -> Summary | None:
+    """Rank 0 decides, every rank learns: the finished run's summary, or None to train; or the error."""
+    outcome: tuple[str, Any] = ("train", None)
     if is_main_process():
-        tokenizer.save_pretrained(str(staging))
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
+        try:
+            check_continuation(run_dir, parts)
+            if is_finished(run_dir):
+                outcome = ("finished", Summary.load(run_dir / SUMMARY))
+        except TrlmError as error:
+            outcome = ("error", str(error))
+    kind, payload = broadcast_from_main(outcome)
+    if kind == "error":
+        raise TrlmError(payload)
+    return payload
+
+
+def save_final(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> Path:
+    """The final model + tokenizer, written under a temporary name and renamed when complete."""
+    final = run_dir / FINAL
+    with atomic_dir(final) if is_main_process() else nullcontext(final.with_name(FINAL + ".tmp")) as staging:
+        trainer.save_model(str(staging))  # every rank: TRL gathers what it must, rank 0 writes
+        if is_main_process():
+            tokenizer.save_pretrained(str(staging))
     return final
 
 
-def run_stage(cfg: DictConfig, run_dir: Path) -> float:
-    check_config(cfg)
-    start = resolve_start(cfg)
-    check_hardware(cfg.hardware)
-    fingerprint = recipe_fingerprint(cfg)
-    check_run_dir(run_dir, fingerprint)
-    if is_finished(run_dir):
-        log.info("%s already finished (%s); returning its recorded objective", run_dir, SUMMARY)
-        return objective(read_json(run_dir / SUMMARY)["metrics"], cfg)
+def evaluate(trainer: Trainer, cfg: DictConfig, tokenizer, blend: DatasetDict, conversations) -> tuple[dict, list]:
+    metrics: dict[str, float] = {}
+    if "eval" in blend:
+        metrics.update(trainer.evaluate())  # every rank: a collective under DDP
+    samples: list[dict[str, Any]] = []
+    if conversations and is_main_process():  # generation on rank 0 only; the others wait for its figures
+        stage = cfg.stage
+        generated, samples = generation_eval(
+            trainer.model, tokenizer, conversations, stage.evaluation, stage.think_tokens
+        )
+        metrics.update(generated)
+    return broadcast_from_main(metrics), samples
 
+
+@dataclass
+class StageInputs:
+    """What a stage trains from, resolved and prepared, and the fingerprint parts they make."""
+
+    start: StartPoint
+    source: str  # the start model's local directory
+    tokenizer: PreTrainedTokenizerBase
+    blend: DatasetDict
+    data: dict[str, Any]
+    parts: dict[str, str]
+
+
+def prepare_inputs(cfg: DictConfig, start: StartPoint, args: TrainingArguments) -> StageInputs:
+    # Making the args joined the process group (under torchrun / Slurm): rank 0 prepares the blend
+    # and builds the start model while the other ranks wait, then they reuse what it made.
+    with args.main_process_first(desc="preparing the blend and the start model"):
+        source = start_model_dir(cfg, start)  # before the data: a missing model is the cheaper error
+        blend, prepared = load_blend(cfg.data, project_path(cfg.paths.blends_dir))
+    tokenizer = load_tokenizer(source, cfg.stage)
+    max_length = cfg.stage.recipe.max_length
+    blend, too_long = apply_length_policy(blend, cfg.data.kind, tokenizer, max_length, cfg.data.too_long)
+    data = data_record(cfg, blend, prepared, too_long)
+    return StageInputs(start, source, tokenizer, blend, data, fingerprint_parts(cfg, start.record(), data))
+
+
+def run_stage(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> float:
+    check_config(cfg)
+    check_hardware(cfg.hardware)
+    tracking.check(cfg)
+    start = resolve_start(cfg)
     stage = cfg.stage
-    log.info("stage=%s experiment=%s run_dir=%s start=%s", stage.name, cfg.run.name, run_dir, start.source)
-    source = start_model_dir(cfg, start)  # before the data: a missing model is the cheaper error
-    blend, prepared = load_blend(cfg.data, project_path(cfg.paths.blends_dir))
-    tokenizer = load_tokenizer(source, stage)
-    blend, too_long = apply_length_policy(blend, cfg.data.kind, tokenizer, stage.recipe.max_length, cfg.data.too_long)
-    data = data_record(cfg, prepared, blend, too_long)
+    args = training_arguments(
+        stage, cfg.hardware, str(run_dir / CHECKPOINTS), f"{cfg.run.name}/{stage.name}", tracking.report_to(cfg)
+    )
+    inputs = prepare_inputs(cfg, start, args)
+    lock = FileLock(run_dir / LOCK, f"stage {stage.name} of run {cfg.run.name}")
+    with lock.hold() if is_main_process() else nullcontext():
+        finished = claim(run_dir, inputs.parts)
+        if finished is not None:
+            log.info("%s already finished (%s); re-reading its objective", run_dir, SUMMARY)
+            return objective(finished.metrics, cfg)
+        with run_log(run_dir) if is_main_process() else nullcontext():
+            return train(cfg, run_dir, list(overrides), inputs, args)
+
+
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInputs, args: TrainingArguments) -> float:
+    stage, start, source, tokenizer = cfg.stage, inputs.start, inputs.source, inputs.tokenizer
+    blend, data, parts = inputs.blend, inputs.data, inputs.parts
+    if cfg.hardware.cpu_threads:
+        torch.set_num_threads(cfg.hardware.cpu_threads)
+    log.info("stage=%s run=%s run_dir=%s start=%s", stage.name, cfg.run.name, run_dir, start.source)
     log.info("blend %s: %s rows, sha256 %s", cfg.data.name, data["rows"], data["sha256"][:12])
     set_seed(stage.recipe.seed)  # before load: the rows added for new tokens are drawn at random
     model = load_model(source, tokenizer, cfg.hardware)
     log.info("model from %s: %.2fM parameters, vocab %d", source, model.num_parameters() / 1e6, len(tokenizer))
     if is_main_process():
-        write_run_record(cfg, run_dir, start, source, fingerprint, data)
+        save_command_records(run_dir, cfg, overrides)
+        RunRecord(
+            stage=stage.name,
+            run_name=cfg.run.name,
+            experiment=cfg.experiment,
+            fingerprint=fingerprint(parts),
+            fingerprint_parts=parts,
+            start={**start.record(), "resolved": source},
+            data=data,
+            hardware=cfg.hardware.name,
+            world_size=world_size(),
+            global_batch=global_batch(cfg),
+            git=git_state(),
+            versions={lib.__name__: lib.__version__ for lib in (torch, transformers, trl, datasets)},
+            sweep=cfg.run.sweep if cfg.run.trial is not None else None,
+            trial=cfg.run.trial,
+        ).save(run_dir / RUN_RECORD)
 
     tracking.configure(cfg, run_dir)
-    args = training_arguments(
-        stage, cfg.hardware, str(run_dir / CHECKPOINTS), f"{cfg.run.name}/{stage.name}", tracking.report_to(cfg)
-    )
     trainer = build_trainer(
-        stage, args, model, tokenizer, blend["train"], blend.get("eval"), [MetricsLog(run_dir / METRICS)]
-    )
+        stage, args, model, tokenizer, blend["train"], blend.get("eval"),
+        [MetricsLog(run_dir / METRICS), CheckpointMarker()],
+    )  # fmt: skip
     generate = "eval" in blend and stage.evaluation.generate
-    conversations = held_out_conversations(cfg, blend["eval"]) if generate else []
-    checkpoint = get_last_checkpoint(args.output_dir) if cfg.run.resume and Path(args.output_dir).is_dir() else None
+    conversations = TRAINERS[stage.trainer].held_out(blend["eval"]) if generate else []
+    checkpoint = latest_complete_checkpoint(Path(args.output_dir)) if cfg.run.resume else None
     metrics: dict[str, float] = {}
-    if generate:  # the start model on the same prompts (a resume loads the checkpoint only in train())
+    if conversations and is_main_process():  # the start model on the same prompts (a resume loads in train())
         before, _ = generation_eval(model, tokenizer, conversations, stage.evaluation, stage.think_tokens)
         metrics.update({f"start_{key}": value for key, value in before.items() if key != "eval_prompts"})
+    metrics = broadcast_from_main(metrics)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     metrics.update({**last_logged(trainer.state.log_history), **train_output.metrics})
     metrics["train_loss"] = train_output.training_loss
-    samples: list[dict[str, Any]] = []
-    if "eval" in blend:
-        metrics.update(trainer.evaluate())
-    if generate:
-        generated, samples = generation_eval(
-            trainer.model, tokenizer, conversations, stage.evaluation, stage.think_tokens
-        )
-        metrics.update(generated)
+    evaluated, samples = evaluate(trainer, cfg, tokenizer, blend, conversations)
+    metrics.update(evaluated)
     final = save_final(trainer, tokenizer, run_dir)
     value = objective(metrics, cfg)
+    if not math.isfinite(value):
+        log.warning("objective %s is %s", stage.objective.metric, value)
     if is_main_process():
         if samples:
             (run_dir / "eval_samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-        write_json(  # last: its presence marks the run finished
-            run_dir / SUMMARY,
-            {
-                "status": "completed",
-                "stage": stage.name,
-                "run_name": cfg.run.name,
-                "final_model": str(final),
-                "metrics_file": str(run_dir / METRICS),
-                "data_sha256": data["sha256"],
-                "start": start.record(),
-                "global_step": trainer.state.global_step,
-                "metrics": metrics,
-                "objective": {**OmegaConf.to_container(stage.objective, enum_to_str=True), "value": value},
-            },
-        )
+        Summary(  # last: its presence marks the run finished
+            stage=stage.name,
+            run_name=cfg.run.name,
+            final_model=str(final),
+            metrics_file=str(run_dir / METRICS),
+            data_sha256=data["sha256"],
+            start=start.record(),
+            global_step=trainer.state.global_step,
+            metrics=metrics,
+            objective={**OmegaConf.to_container(stage.objective, enum_to_str=True), "value": value},
+            sweep=cfg.run.sweep if cfg.run.trial is not None else None,
+            trial=cfg.run.trial,
+        ).save(run_dir / SUMMARY)
         log.info("finished: %s, summary %s", final, run_dir / SUMMARY)
-    tracking.finish()
     return value

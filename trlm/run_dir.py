@@ -1,22 +1,25 @@
-"""A run's directory: what it records, and how a finished run is told from a half-written one.
+"""A run's directory: its files, how a finished run is told from a half-written one, its callbacks.
 
-    outputs/<run.name>/<stage>/
-      .hydra/            resolved config, overrides (written by Hydra)
-      run.json           git sha, data hash, start model, recipe fingerprint, world size, versions
+    <run dir>/                 (where: trlm/layout.py)
+      .hydra/            config.yaml (as composed) and overrides.yaml of the command that did the work
+      run.json           what the run is: fingerprint and its parts, start model, data hashes, git, hardware
+      train.log          the run's log lines (appended by each process that works on it)
       metrics.jsonl      one line per logged step (loss, lr, grad norm, accuracy, entropy, rewards)
-      checkpoints/       TRL checkpoints, for resuming
+      checkpoints/       TRL checkpoints; a complete one holds trlm's marker file
       final/             the final model + tokenizer (`from_pretrained` loads it)
       eval_samples.jsonl sampled replies behind the generation metrics
       summary.json       final figures; written last, so its presence means "finished"
+      .lock              while a process works on the run: its host and pid
 
-Files are written by rank 0 only, each atomically (temporary name, then rename).
+Files are written by rank 0 only, each atomically (temporary name, then rename), and only by a
+command that does work on the run: a refused command leaves the directory as it found it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
+import logging
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,32 +27,60 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from trlm.distributed import is_main_process
+from trlm.fsutil import atomic_write_text
 from trlm.paths import PROJECT_ROOT
+from trlm.records import Summary, read_jsonl
 
 SUMMARY, RUN_RECORD, METRICS, FINAL = "summary.json", "run.json", "metrics.jsonl", "final"
+CHECKPOINTS, LOCK, LOG_FILE = "checkpoints", ".lock", "train.log"
+COMPLETE_MARKER = "trlm_complete"  # written into a checkpoint once TRL has saved all of it
 
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    staging.replace(path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+log = logging.getLogger(__name__)
 
 
 def is_finished(run_dir: Path) -> bool:
-    summary = read_json(run_dir / SUMMARY)
-    return bool(summary) and summary.get("status") == "completed" and (run_dir / FINAL / "config.json").exists()
+    summary = Summary.load(run_dir / SUMMARY)
+    return summary is not None and summary.status == "completed" and (run_dir / FINAL / "config.json").exists()
+
+
+def has_progress(run_dir: Path) -> bool:
+    """Whether the directory holds work worth protecting: a finished run or a complete checkpoint."""
+    return is_finished(run_dir) or latest_complete_checkpoint(run_dir / CHECKPOINTS, clean=False) is not None
+
+
+def checkpoint_step(path: Path) -> int:
+    try:
+        return int(path.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    if not (path / COMPLETE_MARKER).exists():
+        return False
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return True
+
+
+def latest_complete_checkpoint(checkpoints: Path, clean: bool = True) -> Path | None:
+    """The newest complete checkpoint; incomplete ones (a kill or a full disk mid-save) are skipped,
+    and with `clean` removed, so that TRL neither resumes from nor rotates around them."""
+    if not checkpoints.is_dir():
+        return None
+    found = sorted(checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=checkpoint_step, reverse=True)
+    for path in found:
+        if is_complete_checkpoint(path):
+            return path
+        log.warning("skipping incomplete checkpoint %s (cut short while saving)", path)
+        if clean and is_main_process():
+            shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def git_state() -> dict[str, Any]:
@@ -64,11 +95,12 @@ def git_state() -> dict[str, Any]:
     return {"sha": sha, "dirty": bool(git("status", "--porcelain")) if sha else None}
 
 
-def recipe_fingerprint(cfg: DictConfig) -> str:
-    """What must match for a run directory to be resumed: everything but hardware, tracking, run flags."""
-    recipe = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("stage", "data", "model")}
-    recipe["init_from"] = cfg.run.init_from
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def save_command_records(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
+    """`.hydra/config.yaml` and `overrides.yaml`, as Hydra writes them, by the command doing the work."""
+    hydra_dir = run_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
 
 
 @dataclass
@@ -78,13 +110,21 @@ class MetricsLog(TrainerCallback):
     path: Path
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if state.is_world_process_zero and self.path.exists():
-            kept = [
-                line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= state.global_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        if state.is_world_process_zero and self.path.exists():  # a line cut short by a crash is dropped too
+            kept = [row for row in read_jsonl(self.path) if row.get("step", 0) <= state.global_step]
+            atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs: Any):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as handle:
                 handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+class CheckpointMarker(TrainerCallback):
+    """Marks a checkpoint complete once TRL has written all of it (`on_save` runs after the save)."""
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if state.is_world_process_zero:
+            path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if path.is_dir():
+                (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}) + "\n")

@@ -1,12 +1,28 @@
-"""Experiment tracking: W&B is configured through its environment variables, one W&B run per trlm run."""
+"""Experiment tracking: W&B is configured through its environment variables, one W&B run per trlm run.
+
+The user's environment wins where it speaks: `tracking.mode` unset means `WANDB_MODE` if set, else
+online. Online mode is checked before anything heavy starts (an API key, a reachable server), so a
+machine without network fails in seconds with what to do, rather than after W&B's retries.
+"""
 
 from __future__ import annotations
 
+import netrc
 import os
+import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig
+
+from trlm.errors import TrlmError
+
+DEFAULT_SERVER = "https://api.wandb.ai"
+
+
+def enabled(cfg: DictConfig) -> bool:
+    return "wandb" in cfg.tracking.report_to
 
 
 def report_to(cfg: DictConfig) -> list[str]:
@@ -14,14 +30,49 @@ def report_to(cfg: DictConfig) -> list[str]:
     return trackers or ["none"]
 
 
+def mode(cfg: DictConfig) -> str:
+    return cfg.tracking.mode or os.environ.get("WANDB_MODE") or "online"
+
+
+def has_api_key(server: str) -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(urlparse(server).hostname or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def server_reachable(server: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(server)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "", port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check(cfg: DictConfig) -> None:
+    """Online W&B needs a key and a server: say so now, in one line, if either is missing."""
+    if not enabled(cfg) or mode(cfg) != "online":
+        return
+    server = os.environ.get("WANDB_BASE_URL", DEFAULT_SERVER)
+    fix = "set tracking.mode=offline (or WANDB_MODE=offline) and `wandb sync` the run directory later"
+    if not has_api_key(server):
+        raise TrlmError(f"tracking=wandb is online but no W&B API key is set (WANDB_API_KEY or `wandb login`): {fix}")
+    if not server_reachable(server):
+        raise TrlmError(f"tracking=wandb is online but the W&B server {server} is unreachable: {fix}")
+
+
 def configure(cfg: DictConfig, run_dir: Path) -> None:
-    if "wandb" not in cfg.tracking.report_to:
+    if not enabled(cfg):
         return
     settings = {
         "WANDB_DIR": str(run_dir),  # W&B's local files (offline runs too) live with the run
         "WANDB_PROJECT": cfg.tracking.project,
         "WANDB_ENTITY": cfg.tracking.entity,
-        "WANDB_MODE": cfg.tracking.mode,
+        "WANDB_MODE": mode(cfg),
         "WANDB_RUN_GROUP": cfg.run.name,  # the stages of one experiment side by side
         "WANDB_TAGS": ",".join([cfg.stage.name, cfg.hardware.name, *cfg.tracking.tags]),
     }

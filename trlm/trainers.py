@@ -1,23 +1,29 @@
 """From a stage's config to a TRL trainer: the one place where trlm talks to TRL.
 
-Both SFT stages and the DPO stage go through `training_arguments` (recipe + hardware + tracking
-merged into TRL's own config class) and `build_trainer`.
+`TRAINERS` is the table of trainer kinds: for each, TRL's config and trainer classes, the blend
+kind it trains on, the stage keys only it takes, and how its held-out rows become conversations
+for the generation evaluation. Validation, training and evaluation all read this table, so a new
+kind (GRPO, say) is one entry. Allowed values come from TRL's own config metadata.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from datasets import Dataset
 from omegaconf import OmegaConf
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from trlm.config import Accelerator, HardwareConfig, Precision, StageConfig, TrainerKind
+from trlm.config import Accelerator, DataKind, HardwareConfig, Precision, RecipeConfig, StageConfig, TrainerKind
 from trlm.errors import TrlmError
 
-CONFIG_CLASSES: dict[TrainerKind, type[TrainingArguments]] = {TrainerKind.sft: SFTConfig, TrainerKind.dpo: DPOConfig}
+Conversation = list[dict[str, str]]
 
 
 class PromptTruncatingDPOTrainer(DPOTrainer):
@@ -41,8 +47,81 @@ class PromptTruncatingDPOTrainer(DPOTrainer):
         )
 
 
-def config_fields(kind: TrainerKind) -> set[str]:
-    return {f.name for f in dataclasses.fields(CONFIG_CLASSES[kind])}
+@dataclass(frozen=True)
+class TrainerSpec:
+    kind: TrainerKind
+    config_class: type[TrainingArguments]
+    trainer_class: type[Trainer]
+    data_kind: DataKind
+    # Stage keys (outside the recipe) that only this kind takes: name -> passed to TRL's config (True)
+    # or to the trainer (False).
+    stage_keys: dict[str, bool]
+    held_out: Callable[[Dataset], list[Conversation]]  # conversations whose last reply is the reference
+
+    @property
+    def fields(self) -> set[str]:
+        return config_fields(self.config_class)
+
+    @property
+    def loss_types(self) -> tuple[str, ...]:
+        return loss_types(self.config_class)
+
+
+def sft_held_out(rows: Dataset) -> list[Conversation]:
+    return rows["messages"]
+
+
+def dpo_held_out(rows: Dataset) -> list[Conversation]:
+    return [p + c for p, c in zip(rows["prompt"], rows["chosen"], strict=True)]  # the chosen reply is the reference
+
+
+TRAINERS: dict[TrainerKind, TrainerSpec] = {
+    TrainerKind.sft: TrainerSpec(
+        TrainerKind.sft, SFTConfig, SFTTrainer, DataKind.conversation, {"assistant_only_loss": True}, sft_held_out
+    ),
+    TrainerKind.dpo: TrainerSpec(
+        TrainerKind.dpo, DPOConfig, PromptTruncatingDPOTrainer, DataKind.preference, {"max_prompt_length": False},
+        dpo_held_out,
+    ),
+}  # fmt: skip
+STAGE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(StageConfig)}
+RECIPE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RecipeConfig)}
+
+
+@cache
+def config_fields(config_class: type[TrainingArguments]) -> set[str]:
+    return {f.name for f in dataclasses.fields(config_class)}
+
+
+@cache
+def loss_types(config_class: type[TrainingArguments]) -> tuple[str, ...]:
+    """`loss_type`'s allowed values from TRL's field metadata: its `choices`, else the names its help lists."""
+    metadata = next(f.metadata for f in dataclasses.fields(config_class) if f.name == "loss_type")
+    if "choices" in metadata:
+        return tuple(metadata["choices"])
+    return tuple(dict.fromkeys(re.findall(r"`'(\w+)'`", metadata.get("help", ""))))
+
+
+def kinds_taking(key: str) -> list[str]:
+    return [kind.value for kind, spec in TRAINERS.items() if key in spec.fields or key in spec.stage_keys]
+
+
+def check_stage_keys(stage: StageConfig) -> None:
+    """Every key the stage sets is one its trainer consumes: nothing is silently ignored."""
+    spec = TRAINERS[stage.trainer]
+    for key, value in stage.recipe.items():
+        if key not in spec.fields and value != RECIPE_DEFAULTS[key]:
+            raise TrlmError(
+                f"stage {stage.name}: stage.recipe.{key} applies to {' / '.join(kinds_taking(key))} stages only "
+                f"(this is a {stage.trainer.value} stage)"
+            )
+    for other in TRAINERS.values():
+        for key in other.stage_keys.keys() - spec.stage_keys.keys():
+            if stage[key] != STAGE_DEFAULTS[key]:
+                raise TrlmError(
+                    f"stage {stage.name}: stage.{key} applies to {other.kind.value} stages only "
+                    f"(this is a {stage.trainer.value} stage)"
+                )
 
 
 def hardware_arguments(hardware: HardwareConfig) -> dict[str, Any]:
@@ -65,9 +144,11 @@ def training_arguments(
     report_to: list[str],
 ) -> TrainingArguments:
     """TRL's config for the stage: the recipe as written, the hardware's knobs, trlm's conventions."""
-    recipe = {k: v for k, v in OmegaConf.to_container(OmegaConf.structured(stage.recipe)).items() if v is not None}
+    spec = TRAINERS[stage.trainer]
+    recipe = OmegaConf.to_container(OmegaConf.structured(stage.recipe))
     kwargs: dict[str, Any] = {
-        **recipe,
+        **{k: v for k, v in recipe.items() if v is not None and k in spec.fields},
+        **{k: stage[k] for k, to_config in spec.stage_keys.items() if to_config},
         **hardware_arguments(hardware),
         "output_dir": output_dir,
         "run_name": run_name,
@@ -75,15 +156,13 @@ def training_arguments(
         "save_strategy": "steps",
         "logging_first_step": True,
         "save_total_limit": 2,
+        "ddp_find_unused_parameters": False,  # every parameter takes part: skip DDP's extra graph walk
     }
-    if stage.trainer == TrainerKind.sft:
-        kwargs.update(assistant_only_loss=stage.assistant_only_loss, packing=False)
     kwargs.update(stage.extra_args)
-    unknown = sorted(set(kwargs) - config_fields(stage.trainer))
+    unknown = sorted(set(kwargs) - spec.fields)
     if unknown:
-        name = CONFIG_CLASSES[stage.trainer].__name__
-        raise TrlmError(f"stage {stage.name}: {unknown} are not arguments of trl.{name}")
-    return CONFIG_CLASSES[stage.trainer](**kwargs)
+        raise TrlmError(f"stage {stage.name}: {unknown} are not arguments of trl.{spec.config_class.__name__}")
+    return spec.config_class(**kwargs)
 
 
 def build_trainer(
@@ -94,16 +173,16 @@ def build_trainer(
     train_dataset: Dataset,
     eval_dataset: Dataset | None,
     callbacks: list[TrainerCallback],
-) -> SFTTrainer | DPOTrainer:
-    common = dict(
+) -> Trainer:
+    # No ref_model for DPO: TRL uses a frozen copy of the starting policy, as the report did.
+    spec = TRAINERS[stage.trainer]
+    own = {k: stage[k] for k, to_config in spec.stage_keys.items() if not to_config}
+    return spec.trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         callbacks=callbacks,
+        **own,
     )
-    if stage.trainer == TrainerKind.sft:
-        return SFTTrainer(**common)
-    # No ref_model: TRL uses a frozen copy of the starting policy, as the report did.
-    return PromptTruncatingDPOTrainer(**common, max_prompt_length=stage.max_prompt_length)

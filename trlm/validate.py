@@ -1,23 +1,68 @@
-"""Checks that need more than the schema's types, run before any data or model is loaded."""
+"""Checks that need more than the schema's types, run before anything is loaded or written.
+
+Every key a user can set is consumed or refused: `+key=value` additions outside the schema, values
+out of range, settings the stage's trainer does not take, and an objective the stage never
+computes all stop here with one line naming the key.
+"""
 
 from __future__ import annotations
 
-import os
+import dataclasses
+from collections.abc import Callable, Iterator
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from transformers import SchedulerType
 
-from trlm.config import Accelerator, HardwareConfig, Precision, TrainerKind
+from trlm.config import Accelerator, HardwareConfig, Precision
+from trlm.distributed import world_size
 from trlm.errors import TrlmError
 
-SFT_LOSSES = ("nll", "dft")
-# trl 1.x DPOTrainer's loss types (trl/trainer/dpo_trainer.py).
-DPO_LOSSES = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
-)  # fmt: skip
 TRACKERS = ("none", "wandb")
+GENERATION_METRICS = ("answer_accuracy", "think_format_rate")
+
+
+def at_least(low: float, strict: bool = False) -> tuple[Callable[[float], bool], str]:
+    return (lambda v: v > low, f"> {low:g}") if strict else (lambda v: v >= low, f">= {low:g}")
+
+
+POSITIVE, COUNT, NON_NEGATIVE = at_least(0, strict=True), at_least(1), at_least(0)
+STEPS = (lambda v: v == -1 or v >= 1, "-1 (unset: epochs decide) or >= 1")
+# Ranges of the numeric settings; `*` stands for every item of a list. None (unset) is always allowed.
+RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "stage.recipe.num_train_epochs": POSITIVE,
+    "stage.recipe.max_steps": STEPS,
+    "stage.recipe.per_device_train_batch_size": COUNT,
+    "stage.recipe.per_device_eval_batch_size": COUNT,
+    "stage.recipe.gradient_accumulation_steps": COUNT,
+    "stage.recipe.learning_rate": POSITIVE,
+    "stage.recipe.weight_decay": NON_NEGATIVE,
+    "stage.recipe.warmup_steps": NON_NEGATIVE,  # < 1: a ratio of the total steps
+    "stage.recipe.max_grad_norm": POSITIVE,
+    "stage.recipe.max_length": COUNT,
+    "stage.recipe.neftune_noise_alpha": POSITIVE,
+    "stage.recipe.beta": POSITIVE,
+    "stage.recipe.save_steps": COUNT,
+    "stage.recipe.logging_steps": COUNT,
+    "stage.recipe.seed": NON_NEGATIVE,
+    "stage.max_prompt_length": COUNT,
+    "stage.evaluation.max_new_tokens": COUNT,
+    "stage.evaluation.temperature": POSITIVE,
+    "stage.evaluation.batch_size": COUNT,
+    "stage.evaluation.max_prompts": COUNT,
+    "data.eval_size": NON_NEGATIVE,
+    "data.seed": NON_NEGATIVE,
+    "data.shard_threshold": COUNT,
+    "data.shard_rows": COUNT,
+    "data.sources.*.entries": COUNT,
+    "data.sources.*.skip": NON_NEGATIVE,
+    "data.eval_sources.*.entries": COUNT,
+    "data.eval_sources.*.skip": NON_NEGATIVE,
+    "hardware.devices_per_node": COUNT,
+    "hardware.num_nodes": COUNT,
+    "hardware.dataloader_num_workers": NON_NEGATIVE,
+    "hardware.cpu_threads": COUNT,
+}
 
 
 def choice(key: str, value: object, valid: tuple[str, ...]) -> None:
@@ -25,33 +70,88 @@ def choice(key: str, value: object, valid: tuple[str, ...]) -> None:
         raise TrlmError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
 
 
+def schema_paths(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, DictConfig]]:
+    """Every config node typed by a trlm dataclass, with its dotted path."""
+    if dataclasses.is_dataclass(OmegaConf.get_type(node)):
+        yield prefix.rstrip("."), node
+    for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+        child = node._get_node(key)
+        if isinstance(child, DictConfig | ListConfig) and not child._is_none() and not child._is_missing():
+            yield from schema_paths(child, f"{prefix}{key}.")
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """`+stage.learning_rate=…` adds a key Hydra accepts but trlm would never read: refuse it."""
+    nodes = list(schema_paths(cfg))
+    known_paths = [f"{path}.{f.name}".lstrip(".") for path, node in nodes
+                   for f in dataclasses.fields(OmegaConf.get_type(node))]  # fmt: skip
+    for path, node in nodes:
+        fields = {f.name for f in dataclasses.fields(OmegaConf.get_type(node))}
+        for key in node:
+            if key not in fields:
+                full = f"{path}.{key}".lstrip(".")
+                alike = [p for p in known_paths if p.rsplit(".", 1)[-1] == key]
+                hint = f"; did you mean {' or '.join(alike)}?" if alike else ""
+                raise TrlmError(f"{full} is not a trlm setting, so it would be ignored{hint}")
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    for pattern, (ok, wanted) in RANGES.items():
+        head, _, tail = pattern.partition(".*.")
+        if tail:
+            items = OmegaConf.select(cfg, head) or []
+            keys = [f"{head}.{i}.{tail}" for i in range(len(items))]
+        else:
+            keys = [pattern]
+        for key in keys:
+            value = OmegaConf.select(cfg, key)
+            if value is not None and not ok(value):
+                raise TrlmError(f"{key}={value} is out of range: it must be {wanted}")
+
+
+def check_objective(cfg: DictConfig) -> None:
+    """The objective must be a figure the stage computes, or a sweep would optimise nothing."""
+    stage, data, metric = cfg.stage, cfg.data, cfg.stage.objective.metric
+    held_out = data.eval_size > 0 or len(data.eval_sources) > 0
+    base = metric.removeprefix("start_")
+    if (metric.startswith("eval_") or base in GENERATION_METRICS) and not held_out:
+        raise TrlmError(
+            f"stage.objective.metric={metric} is measured on held-out rows, but data={data.name} holds none: "
+            f"set data.eval_size (or data.eval_sources), or choose a training metric such as train_loss"
+        )
+    if base in GENERATION_METRICS and not stage.evaluation.generate:
+        raise TrlmError(f"stage.objective.metric={metric} needs stage.evaluation.generate=true")
+    if base == "think_format_rate" and not stage.think_tokens:
+        raise TrlmError(f"stage.objective.metric={metric}: stage {stage.name} does not think (think_tokens=false)")
+
+
 def check_config(cfg: DictConfig) -> None:
+    from trlm.trainers import TRAINERS, check_stage_keys  # TRL: only once the config has passed the cheap checks
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise TrlmError(f"{', '.join(missing)} must be set (it is ??? in the composed config)")
+    check_known_keys(cfg)
+    check_ranges(cfg)
     stage, recipe = cfg.stage, cfg.stage.recipe
-    if stage.trainer == TrainerKind.sft:
-        choice("stage.recipe.loss_type", recipe.loss_type, SFT_LOSSES)
-        for key, value in (("stage.recipe.beta", recipe.beta), ("stage.max_prompt_length", stage.max_prompt_length)):
-            if value is not None:
-                raise TrlmError(f"stage {stage.name}: {key} applies to DPO stages only (this is an SFT stage)")
-    else:
-        choice("stage.recipe.loss_type", recipe.loss_type, DPO_LOSSES)
-        if stage.assistant_only_loss:
-            raise TrlmError(f"stage {stage.name}: assistant_only_loss applies to SFT stages only")
+    spec = TRAINERS[stage.trainer]
+    choice("stage.recipe.loss_type", recipe.loss_type, spec.loss_types)
+    check_stage_keys(stage)
     choice("stage.recipe.lr_scheduler_type", recipe.lr_scheduler_type, tuple(s.value for s in SchedulerType))
-    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "save_steps"):
-        if recipe[key] <= 0:
-            raise TrlmError(f"stage.recipe.{key} must be positive, got {recipe[key]}")
-    if recipe.max_steps <= 0 and recipe.num_train_epochs <= 0:
-        raise TrlmError("stage.recipe: set num_train_epochs > 0 or max_steps > 0")
+    if recipe.max_steps == -1 and recipe.num_train_epochs <= 0:
+        raise TrlmError("stage.recipe: set num_train_epochs > 0 or max_steps >= 1")
     if (cfg.model.path is None) == (cfg.model.tiny is None):
         raise TrlmError(f"model {cfg.model.name}: set exactly one of model.path and model.tiny")
     for tracker in cfg.tracking.report_to:
         choice("tracking.report_to", tracker, TRACKERS)
-    expected = "preference" if stage.trainer == TrainerKind.dpo else "conversation"
-    if cfg.data.kind.value != expected:
+    if cfg.data.kind != spec.data_kind:
         raise TrlmError(
-            f"stage {stage.name} ({stage.trainer.value}) needs a {expected} blend, "
+            f"stage {stage.name} ({stage.trainer.value}) needs a {spec.data_kind.value} blend, "
             f"but data={cfg.data.name} holds {cfg.data.kind.value} rows"
         )
+    if cfg.data.eval_size and cfg.data.eval_sources:
+        raise TrlmError(f"data={cfg.data.name}: hold rows out by data.eval_size or data.eval_sources, not both")
+    check_objective(cfg)
 
 
 def check_hardware(hardware: HardwareConfig) -> None:
@@ -69,9 +169,8 @@ def check_hardware(hardware: HardwareConfig) -> None:
     elif hardware.precision != Precision.fp32:
         raise TrlmError(f"{name} asks for {hardware.precision.value} on CPU, which trlm does not train in; use fp32")
     expected_ranks = hardware.devices_per_node * hardware.num_nodes
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size != expected_ranks:
+    if world_size() != expected_ranks:
         raise TrlmError(
-            f"{name} expects {expected_ranks} ranks but this process group has {world_size}; "
+            f"{name} expects {expected_ranks} ranks but this process group has {world_size()}; "
             f"launch with `torchrun --nproc-per-node {hardware.devices_per_node} train.py ...`"
         )

@@ -31,11 +31,39 @@ def conversations(tmp_path, n=30, long_every=0):
 
 def test_eval_rows_are_held_out_from_the_prepared_order(blend_cfg, tmp_path):
     cfg = blend_cfg(name="t", kind="conversation", eval_size=5, sources=[{"name": conversations(tmp_path)}])
-    blend, prepared = load_blend(cfg, tmp_path / "blends")
+    blend, provenance = load_blend(cfg, tmp_path / "blends")
     assert (len(blend["train"]), len(blend["eval"])) == (25, 5)
     train_ids = {r["_source_index"] for r in blend["train"]}
     assert train_ids.isdisjoint(r["_source_index"] for r in blend["eval"])
-    assert prepared.metadata["total_entries"] == 30
+    assert len(provenance["sha256"]) == 64 and provenance["eval_sha256"] is None
+
+
+def test_eval_sources_hold_rows_out_past_the_training_cap(blend_cfg, tmp_path):
+    source = conversations(tmp_path)
+    cfg = blend_cfg(
+        name="t",
+        kind="conversation",
+        sources=[{"name": source, "entries": 20}],
+        eval_sources=[{"name": source, "skip": 20, "entries": 6}],
+    )
+    blend, provenance = load_blend(cfg, tmp_path / "blends")
+    assert sorted(blend["train"]["_source_index"]) == list(range(20))  # every training row in place
+    assert sorted(blend["eval"]["_source_index"]) == list(range(20, 26))
+    assert provenance["eval_sha256"] and provenance["eval_sha256"] != provenance["sha256"]
+
+
+def test_a_malformed_json_line_is_a_counted_drop_named_by_file_and_line(blend_cfg, tmp_path, caplog):
+    from trlm.data.prepare import prepare_blend
+
+    path = tmp_path / "conv.jsonl"
+    conversations(tmp_path, n=5)
+    lines = path.read_text().splitlines()
+    lines.insert(2, '{"messages": [{"role": "user", "content": "cut sho')
+    path.write_text("\n".join(lines) + "\n")
+    cfg = blend_cfg(name="t", kind="conversation", sources=[{"name": str(path)}])
+    meta = prepare_blend(cfg, tmp_path / "blends").metadata
+    assert meta.total_entries == 5 and meta.dropped == {"malformed_json": 1}
+    assert f"{path} line 3 is not valid JSON" in caplog.text
 
 
 def test_eval_size_must_leave_training_rows(blend_cfg, tmp_path):

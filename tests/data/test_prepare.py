@@ -12,6 +12,7 @@ from trlm.data.blend import load_prepared
 from trlm.data.card import push_to_hub
 from trlm.data.prepare import CARD, METADATA, blend_dir, prepare_blend
 from trlm.errors import TrlmError
+from trlm.records import BlendMetadata
 
 
 def conversation_blend(blend_cfg, root, **fields):
@@ -36,25 +37,25 @@ def expected_drops(injected: dict[int, str], limit: int | None = None) -> dict[s
 def test_drops_are_counted_per_reason_and_source(fixture_sources, blend_cfg, tmp_path):
     root, injected = fixture_sources
     meta = prepare_blend(conversation_blend(blend_cfg, root, dedup=True), tmp_path).metadata
-    no_think, think = meta["sources"]
-    assert no_think["dropped"] == expected_drops(injected["smoltalk_no_think.jsonl"])
-    assert think["dropped"] == expected_drops(injected["smoltalk_think.parquet"], limit=1500)
-    assert (think["requested_entries"], think["read"]) == (1500, 1500)
-    assert think["actual_entries"] == 1500 - sum(think["dropped"].values())
-    assert meta["total_entries"] == no_think["actual_entries"] + think["actual_entries"]
-    assert no_think["percentage_of_total"] + think["percentage_of_total"] == pytest.approx(100, abs=0.02)
+    no_think, think = meta.sources
+    assert no_think.dropped == expected_drops(injected["smoltalk_no_think.jsonl"])
+    assert think.dropped == expected_drops(injected["smoltalk_think.parquet"], limit=1500)
+    assert (think.requested_entries, think.read) == (1500, 1500)
+    assert think.actual_entries == 1500 - sum(think.dropped.values())
+    assert meta.total_entries == no_think.actual_entries + think.actual_entries
+    assert no_think.percentage_of_total + think.percentage_of_total == pytest.approx(100, abs=0.02)
 
 
 def test_duplicates_are_kept_without_dedup(fixture_sources, blend_cfg, tmp_path):
     root, _ = fixture_sources
     meta = prepare_blend(conversation_blend(blend_cfg, root, dedup=False), tmp_path).metadata
-    assert "duplicate" not in meta["dropped"]
+    assert "duplicate" not in meta.dropped
 
 
 def test_preferences_are_normalised_with_provenance(fixture_sources, blend_cfg, tmp_path):
     root, injected = fixture_sources
     prepared = prepare_blend(preference_blend(blend_cfg, root, dedup=True), tmp_path)
-    assert prepared.metadata["dropped"] == expected_drops(injected["olmo_preference.jsonl"])
+    assert prepared.metadata.dropped == expected_drops(injected["olmo_preference.jsonl"])
     rows = load_prepared(prepared)
     assert set(rows.column_names) == {"prompt", "chosen", "rejected", "source", "_source_dataset",
                                       "_source_subset", "_source_split", "_source_index"}  # fmt: skip
@@ -84,23 +85,24 @@ def test_large_blends_are_parquet_shards_small_ones_jsonl(fixture_sources, blend
     root, _ = fixture_sources
     small = prepare_blend(conversation_blend(blend_cfg, root), tmp_path)
     large = prepare_blend(conversation_blend(blend_cfg, root, shard_threshold=1000, shard_rows=800), tmp_path)
-    assert small.metadata["files"] == ["train.jsonl"]
-    assert large.metadata["format"] == "parquet" and len(large.files) == -(-large.metadata["total_entries"] // 800)
+    assert small.metadata.files == ["train.jsonl"]
+    assert large.metadata.format == "parquet" and len(large.files) == -(-large.metadata.total_entries // 800)
     assert all(f.exists() for f in large.files)
     assert load_prepared(small)[:] == load_prepared(large)[:]  # same rows, same shuffled order
-    assert small.metadata["content_sha256"] == large.metadata["content_sha256"]
+    assert small.metadata.content_sha256 == large.metadata.content_sha256
 
 
 def test_card_describes_the_blend(fixture_sources, blend_cfg, tmp_path):
     root, _ = fixture_sources
     prepared = prepare_blend(conversation_blend(blend_cfg, root, dedup=True), tmp_path)
     card = (prepared.path / CARD).read_text()
-    meta = json.loads((prepared.path / METADATA).read_text())
+    meta = BlendMetadata.load(prepared.path / METADATA)
+    assert meta == prepared.metadata
     assert card.startswith("---\ntags:\n- synthetic\n- conversation")
     assert "language:\n- en" in card and "size_categories:\n- 1K<n<10K" in card
-    for source in meta["sources"]:
-        assert f"| {source['name']} | - | {source['split']} |" in card
-        assert f"{source['actual_entries']:,}" in card
+    for source in meta.sources:
+        assert f"| {source.name} | - | {source.split} |" in card
+        assert f"{source.actual_entries:,}" in card
     assert "think_nested" in card
     assert 'load_dataset("org/fixture-sft"' in card
 

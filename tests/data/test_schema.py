@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trlm.config import DataKind
-from trlm.data.fixtures import CONVERSATION_BREAKS, PREFERENCE_BREAKS, olmo_row, smoltalk_row
+from trlm.data.fixtures import CONVERSATION_BREAKS, LINE_BREAKS, PREFERENCE_BREAKS, olmo_row, smoltalk_row
 from trlm.data.schema import DROP_REASONS, Dropped, normalise, think_problem
 
 
@@ -24,7 +24,7 @@ def test_each_broken_pair_is_dropped_for_its_reason(reason):
 
 
 def test_every_reason_is_exercised_by_the_fixtures():
-    assert set(DROP_REASONS) == {*CONVERSATION_BREAKS, *PREFERENCE_BREAKS, "duplicate"}
+    assert set(DROP_REASONS) == {*CONVERSATION_BREAKS, *PREFERENCE_BREAKS, *LINE_BREAKS, "duplicate"}
 
 
 def test_conversation_keeps_role_and_content_only():

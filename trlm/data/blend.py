@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import datasets
 from datasets import Dataset, DatasetDict
+from omegaconf import OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from trlm.config import DataConfig, DataKind, TooLong
@@ -21,21 +23,40 @@ log = logging.getLogger(__name__)
 
 
 def load_prepared(prepared: PreparedBlend) -> Dataset:
-    builder = "parquet" if prepared.metadata["format"] == "parquet" else "json"
+    builder = "parquet" if prepared.metadata.format == "parquet" else "json"
     files = [str(f) for f in prepared.files]
     return datasets.load_dataset(builder, data_files=files, split="train")
 
 
-def load_blend(data: DataConfig, blends_dir: Path) -> tuple[DatasetDict, PreparedBlend]:
-    """The prepared blend's `train` rows and, when `eval_size` > 0, its last `eval_size` rows as `eval`."""
+def held_out_blend(data: DataConfig) -> DataConfig:
+    """The held-out rows of `data.eval_sources`, as a blend of their own (same kind and pipeline)."""
+    return OmegaConf.merge(data, {"name": f"{data.name}-eval", "sources": data.eval_sources, "eval_sources": []})
+
+
+def load_blend(data: DataConfig, blends_dir: Path) -> tuple[DatasetDict, dict[str, Any]]:
+    """The blend's `train` rows, its `eval` rows when it holds any out, and where they came from.
+
+    Held-out rows are the last `eval_size` rows of the shuffled blend, or the rows of `eval_sources`
+    prepared as a second blend (which leaves every training row in place).
+    """
     prepared = prepare_blend(data, blends_dir)
     rows = load_prepared(prepared)
+    provenance = {
+        "prepared": str(prepared.path),
+        "config_hash": prepared.metadata.config_hash,
+        "sha256": prepared.metadata.content_sha256,
+        "eval_sha256": None,
+    }
+    if data.eval_sources:
+        held_out = prepare_blend(held_out_blend(data), blends_dir)
+        provenance["eval_sha256"] = held_out.metadata.content_sha256
+        return DatasetDict(train=rows, eval=load_prepared(held_out)), provenance
     if data.eval_size >= len(rows):
         raise TrlmError(f"blend {data.name}: eval_size {data.eval_size} leaves no training rows of {len(rows)}")
     if data.eval_size == 0:
-        return DatasetDict(train=rows), prepared
+        return DatasetDict(train=rows), provenance
     cut = len(rows) - data.eval_size  # the rows are already shuffled
-    return DatasetDict(train=rows.select(range(cut)), eval=rows.select(range(cut, len(rows)))), prepared
+    return DatasetDict(train=rows.select(range(cut)), eval=rows.select(range(cut, len(rows)))), provenance
 
 
 def token_lengths(rows: Dataset, kind: DataKind, tokenizer: PreTrainedTokenizerBase) -> list[int]:

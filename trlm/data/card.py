@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from trlm.errors import TrlmError
+from trlm.records import BlendMetadata
 
 SIZE_BUCKETS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
 KIND_TAGS = {"conversation": ["conversation", "instruction-following"], "preference": ["preference", "dpo"]}
@@ -15,35 +15,33 @@ def size_category(rows: int) -> str:
     return next((label for limit, label in SIZE_BUCKETS if rows < limit), "n>1M")
 
 
-def composition_table(metadata: dict[str, Any]) -> str:
+def composition_table(metadata: BlendMetadata) -> str:
     lines = [
         "| Source | Subset | Split | Requested | Read | Actual | Dropped | Percentage |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for s in metadata["sources"]:
-        requested = "all" if s["requested_entries"] is None else f"{s['requested_entries']:,}"
-        dropped = sum(s["dropped"].values())
+    for s in metadata.sources:
+        requested = "all" if s.requested_entries is None else f"{s.requested_entries:,}"
+        dropped = sum(s.dropped.values())
         lines.append(
-            f"| {s['name']} | {s['subset'] or '-'} | {s['split']} | {requested} | {s['read']:,} | "
-            f"{s['actual_entries']:,} | {dropped:,} | {s['percentage_of_total']:.2f}% |"
+            f"| {s.name} | {s.subset or '-'} | {s.split} | {requested} | {s.read:,} | "
+            f"{s.actual_entries:,} | {dropped:,} | {s.percentage_of_total:.2f}% |"
         )
     return "\n".join(lines)
 
 
-def drop_table(metadata: dict[str, Any]) -> str:
-    if not metadata["dropped"]:
+def drop_table(metadata: BlendMetadata) -> str:
+    if not metadata.dropped:
         return "No rows were dropped."
-    reasons = sorted(metadata["dropped"])
+    reasons = sorted(metadata.dropped)
     lines = ["| Source | " + " | ".join(reasons) + " |", "|---|" + "---:|" * len(reasons)]
-    for s in metadata["sources"]:
-        lines.append(
-            f"| {s['name']} ({s['split']}) | " + " | ".join(str(s["dropped"].get(r, 0)) for r in reasons) + " |"
-        )
+    for s in metadata.sources:
+        lines.append(f"| {s.name} ({s.split}) | " + " | ".join(str(s.dropped.get(r, 0)) for r in reasons) + " |")
     return "\n".join(lines)
 
 
-def dataset_card(metadata: dict[str, Any]) -> str:
-    tags = ["synthetic", *KIND_TAGS[metadata["kind"]], "trlm"]
+def dataset_card(metadata: BlendMetadata) -> str:
+    tags = ["synthetic", *KIND_TAGS[metadata.kind], "trlm"]
     front = "\n".join(
         [
             "---",
@@ -52,20 +50,20 @@ def dataset_card(metadata: dict[str, Any]) -> str:
             "language:",
             "- en",
             "size_categories:",
-            f"- {size_category(metadata['total_entries'])}",
+            f"- {size_category(metadata.total_entries)}",
             "---",
         ]
     )
     return f"""{front}
 
-# {metadata["name"]}
+# {metadata.name}
 
-{metadata["description"]}
+{metadata.description}
 
-{metadata["total_entries"]:,} rows ({metadata["kind"]}), prepared by trlm on {metadata["creation_date"]}
-from {len(metadata["sources"])} source(s): sampling `{metadata["sampling"]}`, dedup `{metadata["dedup"]}`,
-shuffled with seed {metadata["seed"]}. Config hash `{metadata["config_hash"]}`, content sha256
-`{metadata["content_sha256"]}`.
+{metadata.total_entries:,} rows ({metadata.kind}), prepared by trlm on {metadata.creation_date}
+from {len(metadata.sources)} source(s): sampling `{metadata.sampling}`, dedup `{metadata.dedup}`,
+shuffled with seed {metadata.seed}. Config hash `{metadata.config_hash}`, content sha256
+`{metadata.content_sha256}`.
 
 ## Composition
 
@@ -81,7 +79,7 @@ Every row carries its provenance: `_source_dataset`, `_source_subset`, `_source_
 `_source_index` (the row's position in its source), plus the upstream `source` tag where it had one.
 {
         "Rows are `messages`: a list of `{role, content}`."
-        if metadata["kind"] == "conversation"
+        if metadata.kind == "conversation"
         else "Rows are `prompt`, `chosen`, `rejected`: lists of `{role, content}`."
     }
 
@@ -90,7 +88,7 @@ Every row carries its provenance: `_source_dataset`, `_source_subset`, `_source_
 ```python
 from datasets import load_dataset
 
-dataset = load_dataset("{metadata["name"]}", split="train")
+dataset = load_dataset("{metadata.name}", split="train")
 ```
 
 ## Attribution

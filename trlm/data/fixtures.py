@@ -89,6 +89,11 @@ PREFERENCE_BREAKS: dict[str, Callable[[Row], Row]] = {
 }
 
 
+# Breaks of the file rather than the row: JSON Lines sources only.
+MALFORMED = {"__trlm_fixture__": "malformed_json"}
+LINE_BREAKS: dict[str, Callable[[Row], Row]] = {"malformed_json": lambda r: MALFORMED}
+
+
 def sprinkle(rows: list[Row], breaks: dict[str, Callable[[Row], Row]], every: int) -> dict[int, str]:
     """Breaks every `every`-th row (cycling through `breaks`, then exact duplicates); returns index -> reason."""
     injected: dict[int, str] = {}
@@ -103,7 +108,8 @@ def sprinkle(rows: list[Row], breaks: dict[str, Callable[[Row], Row]], every: in
 def write_jsonl(rows: list[Row], path: Path) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for row in rows:
-            handle.write(json.dumps(row) + "\n")
+            line = json.dumps(row)
+            handle.write((line[: len(line) // 2] if row is MALFORMED else line) + "\n")  # a line cut short
 
 
 def write_parquet(rows: list[Row], path: Path) -> None:
@@ -121,9 +127,9 @@ def write_fixture_sources(out_dir: Path, scale: int = 1, every: int = 25) -> dic
     # Parquet needs one type per column: no `messages` given as a plain string there.
     typed_breaks = {k: v for k, v in CONVERSATION_BREAKS.items() if k != "not_a_conversation"}
     injected = {
-        "smoltalk_no_think.jsonl": sprinkle(no_think, CONVERSATION_BREAKS, every),
+        "smoltalk_no_think.jsonl": sprinkle(no_think, {**CONVERSATION_BREAKS, **LINE_BREAKS}, every),
         "smoltalk_think.parquet": sprinkle(think, typed_breaks, every),
-        "olmo_preference.jsonl": sprinkle(pairs, PREFERENCE_BREAKS, every),
+        "olmo_preference.jsonl": sprinkle(pairs, {**PREFERENCE_BREAKS, **LINE_BREAKS}, every),
     }
     write_jsonl(no_think, out_dir / "smoltalk_no_think.jsonl")
     write_parquet(think, out_dir / "smoltalk_think.parquet")

@@ -38,28 +38,32 @@ from trlm.config import DataConfig, SourceConfig
 from trlm.data.buckets import BUCKETS, BucketSpill, permuted
 from trlm.data.card import dataset_card
 from trlm.data.schema import FEATURES, Dropped, normalise
-from trlm.data.sources import is_local, local_identity, read_source
+from trlm.data.sources import MalformedLine, is_local, local_identity, read_source
 from trlm.errors import TrlmError
+from trlm.fsutil import atomic_dir
+from trlm.locks import FileLock
+from trlm.records import BlendMetadata, SourceCounts
 
 log = logging.getLogger(__name__)
 METADATA, CARD = "metadata.json", "README.md"
 PROGRESS_EVERY_S = 5.0
+MAX_REPORTED_LINES = 10  # malformed lines named one by one in the log; the rest are counted
 
 
 @dataclass(frozen=True)
 class PreparedBlend:
     path: Path
-    metadata: dict[str, Any]
+    metadata: BlendMetadata
 
     @property
     def files(self) -> list[Path]:
-        return [self.path / name for name in self.metadata["files"]]
+        return [self.path / name for name in self.metadata.files]
 
 
 def config_hash(data: DataConfig) -> str:
     """Identity of a prepared blend: the config fields that shape its rows, and its sources' identity."""
     spec = OmegaConf.to_container(OmegaConf.structured(data), resolve=True, enum_to_str=True)
-    for training_only in ("eval_size", "too_long"):
+    for training_only in ("eval_size", "eval_sources", "too_long"):
         spec.pop(training_only)
     spec["local_files"] = [local_identity(s) for s in data.sources if is_local(s)]
     spec["schema"] = 1  # bump when normalisation changes what a prepared row is
@@ -90,6 +94,11 @@ def source_rows(data: DataConfig, source: SourceConfig, ordinal: int, stats: Sou
     label = f"{source.name}" + (f" [{source.subset}/{source.split}]" if source.subset else f" [{source.split}]")
     for index, raw in read_source(source, data.sampling, data.seed):
         stats.read += 1
+        if isinstance(raw, MalformedLine):
+            stats.dropped["malformed_json"] += 1
+            if stats.dropped["malformed_json"] <= MAX_REPORTED_LINES:
+                log.warning("%s line %d is not valid JSON (%s): dropped", raw.file, raw.line, raw.error)
+            continue
         try:
             row = normalise(raw, data.kind)
         except Dropped as dropped:
@@ -192,10 +201,7 @@ def write_rows(shuffled: BucketSpill, total: int, data: DataConfig, out: Path) -
 
 
 def build(data: DataConfig, target: Path) -> PreparedBlend:
-    staging = target.with_name(f"{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)  # left by a killed preparation
-    staging.mkdir(parents=True)
-    try:
+    with atomic_dir(target) as staging:  # an interrupted preparation never leaves a finished-looking folder
         stats = [SourceStats() for _ in data.sources]
         shuffled, total = spill_rows(data, staging, stats)
         if total == 0:
@@ -204,12 +210,8 @@ def build(data: DataConfig, target: Path) -> PreparedBlend:
         shutil.rmtree(staging / "_shuffled")
         shutil.rmtree(staging / "_by_content", ignore_errors=True)
         metadata = describe(data, stats, files, content_hash, target.name)
-        (staging / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+        metadata.save(staging / METADATA)
         (staging / CARD).write_text(dataset_card(metadata))
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return PreparedBlend(target, metadata)
 
 
@@ -218,52 +220,74 @@ def summary_of(stats: list[SourceStats]) -> str:
     return f"{sum(s.read for s in stats)} read, dropped: {dict(dropped) or 'none'}"
 
 
-def describe(data: DataConfig, stats: list[SourceStats], files: list[str], content_hash: str, folder: str) -> dict:
+def describe(
+    data: DataConfig, stats: list[SourceStats], files: list[str], content_hash: str, folder: str
+) -> BlendMetadata:
     total = sum(s.kept for s in stats)
     sources = []
     for source, s in zip(data.sources, stats, strict=True):
         sources.append(
-            {
-                "name": source.name,
-                "subset": source.subset,
-                "split": source.split,
-                "requested_entries": source.entries,
-                "read": s.read,
-                "actual_entries": s.kept,
-                "dropped": dict(sorted(s.dropped.items())),
-                "percentage_of_total": round(100 * s.kept / total, 2),
-            }
+            SourceCounts(
+                name=source.name,
+                subset=source.subset,
+                split=source.split,
+                requested_entries=source.entries,
+                read=s.read,
+                actual_entries=s.kept,
+                dropped=dict(sorted(s.dropped.items())),
+                percentage_of_total=round(100 * s.kept / total, 2),
+            )
         )
-    return {
-        "name": data.name,
-        "description": data.description,
-        "kind": data.kind.value,
-        "folder": folder,
-        "config_hash": config_hash(data),
-        "content_sha256": content_hash,
-        "creation_date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "sampling": data.sampling.value,
-        "dedup": data.dedup,
-        "seed": data.seed,
-        "total_entries": total,
-        "total_read": sum(s.read for s in stats),
-        "dropped": dict(sorted(sum((s.dropped for s in stats), Counter()).items())),
-        "format": "parquet" if files[0].endswith(".parquet") else "jsonl",
-        "files": files,
-        "sources": sources,
-    }
+    return BlendMetadata(
+        name=data.name,
+        description=data.description,
+        kind=data.kind.value,
+        folder=folder,
+        config_hash=config_hash(data),
+        content_sha256=content_hash,
+        creation_date=datetime.now(UTC).isoformat(timespec="seconds"),
+        sampling=data.sampling.value,
+        dedup=data.dedup,
+        seed=data.seed,
+        total_entries=total,
+        total_read=sum(s.read for s in stats),
+        dropped=dict(sorted(sum((s.dropped for s in stats), Counter()).items())),
+        format="parquet" if files[0].endswith(".parquet") else "jsonl",
+        files=files,
+        sources=sources,
+    )
+
+
+def prepared_blend(data: DataConfig, blends_dir: Path) -> PreparedBlend | None:
+    target = blend_dir(data, blends_dir)
+    metadata = BlendMetadata.load(target / METADATA)
+    return PreparedBlend(target, metadata) if metadata else None
 
 
 def prepare_blend(data: DataConfig, blends_dir: Path, rebuild: bool = False) -> PreparedBlend:
-    """The prepared blend of this config: reused when it exists, built otherwise."""
+    """The prepared blend of this config: reused when it exists, built otherwise.
+
+    One process builds a blend at a time (a lock beside its folder); another asking for the same
+    blend meanwhile waits, then reuses what the first built.
+    """
+    if not rebuild and (found := prepared_blend(data, blends_dir)):
+        log.info("blend %s: reusing %s", data.name, found.path)
+        return found
     target = blend_dir(data, blends_dir)
-    metadata_path = target / METADATA
-    if metadata_path.exists() and not rebuild:
-        log.info("blend %s: reusing %s", data.name, target)
-        return PreparedBlend(target, json.loads(metadata_path.read_text()))
-    log.info("blend %s: preparing %d source(s) into %s", data.name, len(data.sources), target)
-    prepared = build(data, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrlmError(
+            f"cannot write prepared blends to {target.parent}: {error.strerror}; "
+            f"set paths.blends_dir (or paths.output_root) to a writable folder"
+        ) from None
+    with FileLock(target.with_name(f"{target.name}.lock"), f"preparing blend {data.name}").hold(wait=True):
+        if not rebuild and (found := prepared_blend(data, blends_dir)):  # built while we waited
+            log.info("blend %s: reusing %s (prepared by another process)", data.name, found.path)
+            return found
+        log.info("blend %s: preparing %d source(s) into %s", data.name, len(data.sources), target)
+        prepared = build(data, target)
     meta = prepared.metadata
-    log.info("blend %s: %d rows (%d read, dropped %s), sha256 %s", data.name, meta["total_entries"],
-             meta["total_read"], meta["dropped"] or "none", meta["content_sha256"][:12])  # fmt: skip
+    log.info("blend %s: %d rows (%d read, dropped %s), sha256 %s", data.name, meta.total_entries,
+             meta.total_read, meta.dropped or "none", meta.content_sha256[:12])  # fmt: skip
     return prepared

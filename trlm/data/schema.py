@@ -37,6 +37,7 @@ FEATURES = {
 }
 # Every reason a row can be dropped for (the first one a row hits is counted).
 DROP_REASONS = (
+    "malformed_json",
     "not_a_conversation",
     "missing_role",
     "unknown_role",

@@ -2,14 +2,20 @@
 
 A source is a Hub dataset (`name`, `subset`, `split`) or local files: a .jsonl / .json / .parquet
 file, a folder of them, or a `save_to_disk` folder. Nothing here holds a whole source in memory:
-`first` stops after `entries` rows; `random` keeps a reservoir of `entries` rows.
+`first` stops after `entries` rows; `random` keeps a reservoir of `entries` rows. `skip` passes
+over a source's first rows (held-out rows read just past a training cap).
+
+JSON Lines files are read line by line here rather than by `datasets`, so that one malformed line
+is a dropped row (counted, and named by file and line) instead of the end of the preparation.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,29 @@ LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 JSON_CHUNK_BYTES = 1 << 20
 
 
+@dataclass(frozen=True)
+class MalformedLine:
+    """A line of a JSON Lines source that is not a JSON object: dropped and counted, not fatal."""
+
+    file: str
+    line: int
+    error: str
+
+
+def read_jsonl_rows(files: list[Path]) -> Iterator[dict[str, Any] | MalformedLine]:
+    for file in files:
+        with file.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    yield MalformedLine(str(file), number, error.msg)
+                    continue
+                yield row if isinstance(row, dict) else MalformedLine(str(file), number, "not a JSON object")
+
+
 def is_local(source: SourceConfig) -> bool:
     return Path(source.name).suffix in LOCAL_FORMATS or project_path(source.name).is_dir()
 
@@ -38,7 +67,7 @@ def local_identity(source: SourceConfig) -> list[tuple[str, int, int]]:
     return [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
 
 
-def open_local(source: SourceConfig) -> IterableDataset | None:
+def open_local(source: SourceConfig) -> Iterable[dict[str, Any] | MalformedLine] | None:
     path = project_path(source.name)
     if not path.exists():
         raise TrlmError(f"data source {source.name}: no such file or folder ({path})")
@@ -50,6 +79,8 @@ def open_local(source: SourceConfig) -> IterableDataset | None:
     files = [f for f in files if f.stat().st_size > 0]  # datasets cannot infer a schema from an empty file
     if not files:
         return None
+    if all(f.suffix == ".jsonl" for f in files):
+        return read_jsonl_rows(files)
     builder = LOCAL_FORMATS[files[0].suffix]
     # datasets parses JSON in 10 MB chunks by default, at ~30x that in memory: 1 MB chunks keep it flat.
     options = {"chunksize": JSON_CHUNK_BYTES} if builder == "json" else {}
@@ -80,12 +111,14 @@ def reservoir(rows: Iterator[tuple[int, dict]], size: int, rng: random.Random) -
     return sorted(sample, key=lambda item: item[0])
 
 
-def read_source(source: SourceConfig, sampling: Sampling, seed: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(index in the source, row) pairs after the cap, with `drop_columns` / `rename_columns` applied."""
+def read_source(
+    source: SourceConfig, sampling: Sampling, seed: int
+) -> Iterator[tuple[int, dict[str, Any] | MalformedLine]]:
+    """(index in the source, row) pairs after skip and cap, with `drop_columns` / `rename_columns` applied."""
     stream = open_local(source) if is_local(source) else open_hub(source)
     if stream is None:
         return
-    indexed: Iterator[tuple[int, dict[str, Any]]] = enumerate(stream)
+    indexed: Iterator[tuple[int, Any]] = itertools.islice(enumerate(stream), source.skip, None)
     if source.entries is not None:
         if sampling == Sampling.random:
             rng = random.Random(f"{seed}:{source.name}:{source.subset}:{source.split}")
@@ -93,6 +126,9 @@ def read_source(source: SourceConfig, sampling: Sampling, seed: int) -> Iterator
         else:
             indexed = itertools.islice(indexed, source.entries)
     for index, row in indexed:
+        if isinstance(row, MalformedLine):
+            yield index, row
+            continue
         row = {k: v for k, v in row.items() if k not in source.drop_columns}
         for old, new in source.rename_columns.items():
             if old in row and new not in row:  # as the reference: never overwrite an existing column

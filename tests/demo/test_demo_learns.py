@@ -1,0 +1,31 @@
+"""The demo as `make demo` runs it learns what each stage teaches: its figures as lower bounds.
+
+The figures vary a little between machines (thread count changes float summation order, which a
+few hundred steps amplify), so the bounds sit below every figure seen (README: the range).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from trlm.records import Summary
+
+pytestmark = pytest.mark.slow
+
+# stage -> {metric: lower bound}; README's table shows what was measured.
+LOWER_BOUNDS = {
+    "sft": {"answer_accuracy": 0.2},
+    "sft_think": {"think_format_rate": 0.9, "answer_accuracy": 0.6},
+    "dpo": {"think_format_rate": 0.9, "eval_rewards/accuracies": 0.7, "answer_accuracy": 0.5},
+}
+
+
+def test_the_demo_learns(run_cli, tmp_path):
+    for stage, bounds in LOWER_BOUNDS.items():
+        result = run_cli("experiment=demo", f"stage={stage}", timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        metrics = Summary.load(tmp_path / "outputs" / "demo" / stage / "summary.json").metrics
+        for metric, bound in bounds.items():
+            assert metrics[metric] >= bound, (stage, metric, metrics[metric])
+        if "answer_accuracy" in bounds and "start_answer_accuracy" in metrics and stage != "dpo":
+            assert metrics["answer_accuracy"] > metrics["start_answer_accuracy"]  # the stage itself taught it

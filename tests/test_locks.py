@@ -1,0 +1,53 @@
+"""One writer per run directory and per blend being built."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from trlm.locks import FileLock, LockHeld
+
+
+def test_a_held_lock_refuses_a_second_holder_naming_the_first(tmp_path):
+    lock = FileLock(tmp_path / ".lock", "stage sft")
+    held_by_us = rf"in use \(stage sft\) by pid {os.getpid()} on {socket.gethostname()}"
+    with lock.hold(), pytest.raises(LockHeld, match=held_by_us), FileLock(tmp_path / ".lock", "stage sft").hold():
+        pass
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "since": 0}))
+    with FileLock(tmp_path / ".lock", "x").hold():
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_a_lock_held_on_another_host_is_trusted(tmp_path):
+    (tmp_path / ".lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": time.time()}))
+    with pytest.raises(LockHeld, match="pid 1 on elsewhere"), FileLock(tmp_path / ".lock", "x").hold():
+        pass
+
+
+def test_waiting_holders_take_turns(tmp_path):
+    order: list[str] = []
+
+    def worker(name: str) -> None:
+        with FileLock(tmp_path / ".lock", name).hold(wait=True, poll_s=0.01):
+            order.append(f"{name}+")
+            time.sleep(0.05)
+            order.append(f"{name}-")
+
+    threads = [threading.Thread(target=worker, args=(name,)) for name in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert order in (["a+", "a-", "b+", "b-"], ["b+", "b-", "a+", "a-"])  # never interleaved

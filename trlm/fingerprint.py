@@ -1,0 +1,53 @@
+"""What a run *is*: the inputs that change its weights, hashed part by part.
+
+A run directory is continued (resumed, or re-read when finished) only by a command with the same
+fingerprint. The parts are what change the weights — the optimisation recipe, the effective
+global batch (per-device batch x accumulation x ranks), the rows trained on, the model and the
+start point — and nothing else: a different objective, evaluation setting, logging or save
+cadence, or per-device split of the same global batch continues the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# Recipe fields that do not change the weights (or enter through the global batch).
+NOT_WEIGHTS = ("save_steps", "logging_steps", "per_device_eval_batch_size", "gradient_checkpointing",
+               "per_device_train_batch_size", "gradient_accumulation_steps")  # fmt: skip
+# Stage keys, besides the recipe, that shape training.
+STAGE_KEYS = ("trainer", "think_tokens", "system_prompt", "assistant_only_loss", "max_prompt_length", "extra_args")
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def global_batch(cfg: DictConfig) -> int:
+    recipe, hardware = cfg.stage.recipe, cfg.hardware
+    ranks = hardware.devices_per_node * hardware.num_nodes
+    return recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps * ranks
+
+
+def fingerprint_parts(cfg: DictConfig, start: dict[str, Any], data: dict[str, Any]) -> dict[str, str]:
+    stage = OmegaConf.to_container(cfg.stage, resolve=True, enum_to_str=True)
+    recipe = {k: v for k, v in stage["recipe"].items() if k not in NOT_WEIGHTS}
+    return {
+        "recipe": digest({"recipe": recipe, **{k: stage[k] for k in STAGE_KEYS}}),
+        "global_batch": str(global_batch(cfg)),
+        "data": data["sha256"],
+        "data_use": digest({k: data[k] for k in ("eval_sha256", "rows", "too_long")}),
+        "model": digest(OmegaConf.to_container(cfg.model, resolve=True)),
+        "start": digest(start),
+    }
+
+
+def fingerprint(parts: dict[str, str]) -> str:
+    return digest(parts)
+
+
+def differences(recorded: dict[str, str], now: dict[str, str]) -> list[str]:
+    return sorted(key for key in recorded.keys() | now.keys() if recorded.get(key) != now.get(key))

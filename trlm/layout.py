@@ -1,0 +1,66 @@
+"""Where a run's directory is: the one definition of the layout, used by Hydra and by lineage.
+
+    <output_root>/<run.name>/<stage>                             a single run (`python train.py ...`)
+    <output_root>/<run.name>/sweeps/<sweep>/<stage>/<trial>      a multirun job (`python train.py -m ...`)
+
+A trial is named by what makes it a trial, never by a counter that restarts with each sweep: the
+Optuna sweeper names it by its trial number (`run.trial`), Hydra's basic sweeper by the job's
+overrides. So the same command always lands in the same directory, and a re-run resumes it.
+
+Hydra reads the layout through the resolvers registered here (`conf/train.yaml`); lineage and
+the CLI call the same functions. Light on purpose: no torch, no transformers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from trlm.paths import project_path
+
+SWEEPS = "sweeps"
+# Overrides that choose the run's place (already in its path) or only where things go, not the trial.
+NOT_TRIAL_KEYS = ("stage", "experiment", "run.name", "run.sweep", "run.trial", "paths.output_root", "sweep")
+SINGLE_TRIAL = "base"  # a multirun job without swept parameters (e.g. one Slurm job)
+
+
+def output_root(root: str | Path) -> Path:
+    return project_path(root).resolve()
+
+
+def run_dir(root: str | Path, run_name: str, stage: str) -> Path:
+    return output_root(root) / run_name / stage
+
+
+def sweep_dir(root: str | Path, run_name: str, stage: str, sweep: str) -> Path:
+    return output_root(root) / run_name / SWEEPS / safe_name(sweep) / stage
+
+
+def trial_name(trial: str | int | None, override_dirname: str = "") -> str:
+    """The trial's directory name: its number when a sweeper gives one, else its overrides."""
+    if trial is not None and str(trial) != "":
+        return safe_name(str(trial))
+    return safe_name(override_dirname) or SINGLE_TRIAL
+
+
+def trial_dir(root: str | Path, run_name: str, stage: str, sweep: str, trial: str | int) -> Path:
+    return sweep_dir(root, run_name, stage, sweep) / trial_name(trial)
+
+
+def safe_name(text: str) -> str:
+    """A single path component that an override value takes unquoted: anything else becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9_.:+-]+", "_", text).strip("_.")[:200]
+
+
+def register_resolvers() -> None:
+    """`${trlm.run_dir:…}`, `${trlm.sweep_dir:…}`, `${trlm.trial:…}` for conf/train.yaml (idempotent)."""
+    resolvers = {
+        "trlm.run_dir": lambda root, name, stage: str(run_dir(root, name, stage)),
+        "trlm.sweep_dir": lambda root, name, stage, sweep: str(sweep_dir(root, name, stage, sweep)),
+        "trlm.trial": lambda trial, override_dirname: trial_name(trial, override_dirname),
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
