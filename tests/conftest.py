@@ -42,15 +42,10 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
     ):
         root = root or tmp_path / "outputs"
         flags = [a for a in args if a in ("-m", "--multirun")]  # argparse wants them before the overrides
+        overrides = [a for a in args if a not in flags]
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **(env or {})}
         return subprocess.run(
-            [
-                *launcher,
-                str(PROJECT_ROOT / "train.py"),
-                *flags,
-                f"paths.output_root={root}",
-                *(a for a in args if a not in flags),
-            ],  # fmt: skip
+            [*launcher, str(PROJECT_ROOT / "train.py"), *flags, f"paths.output_root={root}", *overrides],
             cwd=tmp_path,
             env=full_env,
             capture_output=True,

@@ -131,7 +131,7 @@ def test_a_refused_command_leaves_a_finished_run_untouched(run_cli, tmp_path, fi
 
 
 def test_a_finished_run_rereads_another_objective_and_refuses_another_recipe(run_cli, tmp_path, finished_sft):
-    run_dir, args, _ = finished_sft
+    _, args, _ = finished_sft
     before = snapshot(tmp_path / "outputs")
     rescored = run_cli(*args, "stage.objective.metric=train_loss")  # not a different run: re-read
     assert rescored.returncode == 0 and "already finished" in rescored.stdout + rescored.stderr

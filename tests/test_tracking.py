@@ -32,7 +32,8 @@ def test_wandb_groups_stages_of_one_experiment(compose_cfg, monkeypatch, tmp_pat
 
 
 @pytest.mark.parametrize(("env", "setting", "expected"), [
-    (None, None, "online"), ("offline", None, "offline"), ("offline", "online", "online"), (None, "disabled", "disabled"),
+    (None, None, "online"), ("offline", None, "offline"), ("offline", "online", "online"),
+    (None, "disabled", "disabled"),
 ])  # fmt: skip
 def test_the_users_wandb_mode_is_respected_unless_the_config_says_otherwise(
     compose_cfg, monkeypatch, env, setting, expected

@@ -143,10 +143,19 @@ def results(args: list[str]) -> int:
     return print_results(folder)
 
 
+def sweep(args: list[str]) -> int:
+    if len(args) != 1:
+        raise TrlmError("usage: trlm sweep DIR")
+    from trlm.study import print_study
+
+    return print_study(project_path(args[0]))
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (hydra_command(train), "[key=value ...]     run a stage (same as `python train.py`; -m for a multirun)"),
     "prepare": (hydra_command(prepare), "data=<blend> [...]  prepare a blend (conf/data/<experiment>/<stage>)"),
     "results": (results, "DIR                 the figures of every finished run under DIR (e.g. outputs/demo)"),
+    "sweep": (sweep, "DIR                   a study's trials, states, values, params and best (also while it runs)"),
 }
 
 

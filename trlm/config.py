@@ -219,6 +219,17 @@ class RunConfig:
 
 
 @dataclass
+class OptunaTrialConfig:
+    """Set by the Optuna sweeper for each trial's job: the study to report to, and its pruner."""
+
+    storage: str | None = None  # journal file or RDB URL; None: this job is no Optuna trial
+    study: str | None = None
+    number: int | None = None
+    pruner: dict[str, Any] = field(default_factory=dict)  # Optuna does not store the pruner: the job rebuilds it
+    report_every: float = 0.1  # evaluate and report every N steps (< 1: that share of the run)
+
+
+@dataclass
 class PathsConfig:
     output_root: str = "outputs"
     cache_dir: str = "${paths.output_root}/.cache"
@@ -233,6 +244,7 @@ class TrainConfig:
     hardware: HardwareConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    optuna: OptunaTrialConfig = field(default_factory=OptunaTrialConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: str | None = None  # the chosen experiment preset's name, for the record
 

@@ -53,6 +53,7 @@ class Summary(JsonRecord):
     status: str = "completed"
     sweep: str | None = None
     trial: str | None = None
+    pruned: bool = False  # stopped early by its Optuna trial's pruner
 
 
 @dataclass

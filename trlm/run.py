@@ -34,6 +34,7 @@ from trlm.lineage import StartPoint, resolve_start
 from trlm.locks import FileLock
 from trlm.modeling import load_model, load_tokenizer, resolve_pretrained, tiny_model_dir
 from trlm.paths import project_path
+from trlm.pruning import TrialReporter, check_prunable, reports_to_trial
 from trlm.records import RunRecord, Summary
 from trlm.run_dir import (
     CHECKPOINTS,
@@ -190,11 +191,17 @@ def prepare_inputs(cfg: DictConfig, start: StartPoint, args: TrainingArguments) 
 def run_stage(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> float:
     check_config(cfg)
     check_hardware(cfg.hardware)
+    check_prunable(cfg)
     tracking.check(cfg)
     start = resolve_start(cfg)
     stage = cfg.stage
     args = training_arguments(
-        stage, cfg.hardware, str(run_dir / CHECKPOINTS), f"{cfg.run.name}/{stage.name}", tracking.report_to(cfg)
+        stage,
+        cfg.hardware,
+        str(run_dir / CHECKPOINTS),
+        f"{cfg.run.name}/{stage.name}",
+        tracking.report_to(cfg),
+        evaluate_every=cfg.optuna.report_every if reports_to_trial(cfg) else None,
     )
     inputs = prepare_inputs(cfg, start, args)
     lock = FileLock(run_dir / LOCK, f"stage {stage.name} of run {cfg.run.name}")
@@ -237,10 +244,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
         ).save(run_dir / RUN_RECORD)
 
     tracking.configure(cfg, run_dir)
-    trainer = build_trainer(
-        stage, args, model, tokenizer, blend["train"], blend.get("eval"),
-        [MetricsLog(run_dir / METRICS), CheckpointMarker()],
-    )  # fmt: skip
+    reporter = TrialReporter(cfg) if reports_to_trial(cfg) else None
+    callbacks = [MetricsLog(run_dir / METRICS), CheckpointMarker(), *([reporter] if reporter else [])]
+    trainer = build_trainer(stage, args, model, tokenizer, blend["train"], blend.get("eval"), callbacks)
     generate = "eval" in blend and stage.evaluation.generate
     conversations = TRAINERS[stage.trainer].held_out(blend["eval"]) if generate else []
     checkpoint = latest_complete_checkpoint(Path(args.output_dir)) if cfg.run.resume else None
@@ -276,6 +282,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
             objective={**OmegaConf.to_container(stage.objective, enum_to_str=True), "value": value},
             sweep=cfg.run.sweep if cfg.run.trial is not None else None,
             trial=cfg.run.trial,
+            pruned=bool(reporter and reporter.pruned),
         ).save(run_dir / SUMMARY)
         log.info("finished: %s, summary %s", final, run_dir / SUMMARY)
     return value

@@ -73,7 +73,8 @@ def configure(cfg: DictConfig, run_dir: Path) -> None:
         "WANDB_PROJECT": cfg.tracking.project,
         "WANDB_ENTITY": cfg.tracking.entity,
         "WANDB_MODE": mode(cfg),
-        "WANDB_RUN_GROUP": cfg.run.name,  # the stages of one experiment side by side
+        # The stages of one experiment side by side; a sweep's trials grouped by their study.
+        "WANDB_RUN_GROUP": f"{cfg.run.name}/{cfg.run.sweep}" if cfg.run.trial is not None else cfg.run.name,
         "WANDB_TAGS": ",".join([cfg.stage.name, cfg.hardware.name, *cfg.tracking.tags]),
     }
     os.environ.update({key: str(value) for key, value in settings.items() if value is not None})

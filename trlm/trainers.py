@@ -142,8 +142,12 @@ def training_arguments(
     output_dir: str,
     run_name: str,
     report_to: list[str],
+    evaluate_every: float | None = None,
 ) -> TrainingArguments:
-    """TRL's config for the stage: the recipe as written, the hardware's knobs, trlm's conventions."""
+    """TRL's config for the stage: the recipe as written, the hardware's knobs, trlm's conventions.
+
+    `evaluate_every` (steps; < 1: a share of the run) evaluates during training, for a pruner.
+    """
     spec = TRAINERS[stage.trainer]
     recipe = OmegaConf.to_container(OmegaConf.structured(stage.recipe))
     kwargs: dict[str, Any] = {
@@ -158,6 +162,8 @@ def training_arguments(
         "save_total_limit": 2,
         "ddp_find_unused_parameters": False,  # every parameter takes part: skip DDP's extra graph walk
     }
+    if evaluate_every:
+        kwargs.update(eval_strategy="steps", eval_steps=evaluate_every)
     kwargs.update(stage.extra_args)
     unknown = sorted(set(kwargs) - spec.fields)
     if unknown:

@@ -1,0 +1,34 @@
+"""`hydra/sweeper=trlm_optuna`: the keys people know from hydra-optuna-sweeper, plus trlm's.
+
+Registered in Hydra's ConfigStore when Hydra discovers the plugin (it imports `hydra_plugins.*`).
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TrlmOptunaSweeperConf:
+    _target_: str = "hydra_plugins.trlm_optuna.sweeper.TrlmOptunaSweeper"
+    _recursive_: bool = False  # the sweeper builds the sampler itself and hands the pruner's config to jobs
+    # Any Optuna sampler, built by Hydra's instantiate (TPE gets constant_liar: trials in flight are not re-asked).
+    sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 0})
+    # Any Optuna pruner (MedianPruner, SuccessiveHalvingPruner, HyperbandPruner, PatientPruner…); null: none.
+    pruner: Any = field(
+        default_factory=lambda: {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 2, "n_warmup_steps": 0}
+    )
+    direction: str | None = None  # minimize | maximize; null: the stage's objective direction
+    study_name: str | None = None  # null: run.sweep (the sweep config's name); the same name resumes the study
+    storage: str | None = None  # null: a journal file in the sweep directory; or a journal path / RDB URL
+    n_trials: int = 10  # trials in the study in all (any state): re-running resumes, a larger n extends it
+    n_jobs: int = 1  # trials in flight at once; a new one starts as soon as any finishes
+    max_failures: int = 3  # failed trials (raised, NaN/inf, killed) this sweep tolerates before it stops
+    params: dict[str, str] = field(default_factory=dict)  # key: Hydra sweep expression
+    custom_search_space: str | None = None  # "module.function(cfg, trial)" suggesting further params
+    enqueue_trials: list[dict[str, Any]] = field(default_factory=list)  # params to try first (e.g. the report's)
+    report_every: float = 0.1  # evaluate and report to the pruner every N steps (< 1: share of the run)
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="trlm_optuna", node=TrlmOptunaSweeperConf, provider="trlm")

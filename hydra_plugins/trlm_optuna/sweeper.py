@@ -1,0 +1,335 @@
+"""A Hydra sweeper on Optuna's ask/tell API: asynchronous trials, a failure budget, resumable studies.
+
+Why not hydra-optuna-sweeper: 1.3.0 pins optuna < 3, its 1.4 line is pre-release only (and drags
+hydra-core to release candidates), and both run batch-synchronously (each batch waits for its
+slowest trial) without pruning. This sweeper keeps `n_jobs` trials in flight and asks for the next
+as soon as any finishes, by launching batches of one from worker threads through whatever Hydra
+launcher is configured (submitit_local, or submitit_slurm on a cluster).
+
+Each trial is one training job in `outputs/<run>/sweeps/<study>/<stage>/<trial number>`: the job
+reports its objective to its trial at each evaluation (pruning, trlm/pruning.py); only the sweeper
+tells a trial's final state. Re-running the same command resumes the study: finished trials are
+kept, a trial this host was running when the sweep died is run again under its own number (its
+directory, so it resumes from its last checkpoint), then new trials are asked until `n_trials`.
+"""
+
+import importlib
+import logging
+import os
+import socket
+import sys
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from trlm import layout
+from trlm.errors import TrlmError
+
+log = logging.getLogger(__name__)
+LOCAL_LAUNCHERS = ("BasicLauncher", "LocalLauncher")  # trials share this machine's cores
+
+
+@dataclass
+class Outcome:
+    number: int
+    value: float | None = None
+    pruned: bool = False
+    error: str | None = None
+
+
+def last_line(message: str) -> str:
+    """The line that says what went wrong (a job's trace ends with it)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else message
+
+
+def low_end(dist: Any) -> Any:
+    """A value of the distribution, for composing a sample trial."""
+    return dist.choices[0] if hasattr(dist, "choices") else dist.low
+
+
+def owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(tag: str | None) -> bool:
+    """Whether the sweeper that started a RUNNING trial is still alive (on another host: assume so)."""
+    host, _, pid = (tag or ":").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return bool(tag) and host != socket.gethostname()
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class TrlmOptunaSweeper(Sweeper):
+    def __init__(self, **conf: Any) -> None:
+        self.conf = OmegaConf.create(conf)
+        self.config: DictConfig | None = None
+        self.launcher: Launcher | None = None
+        self.exhausted = False
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.study_name = str(self.conf.study_name or config.run.sweep)
+        with open_dict(config):  # the study names the sweep directory: one name for both
+            config.run.sweep = self.study_name
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> None:
+        try:
+            self._sweep(arguments)
+        except TrlmError as error:
+            print(f"trlm: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    # The parts of a sweep, in order.
+    def _sweep(self, arguments: list[str]) -> None:
+        import optuna
+
+        from trlm.study import describe_space, open_storage, search_space, write_results
+
+        cfg = self.config
+        fixed, expressions = self.split_arguments(arguments)
+        space = search_space(expressions)
+        self.check_keys(space)
+        self.sweep_dir = layout.sweep_dir(cfg.paths.output_root, cfg.run.name, cfg.stage.name, self.study_name)
+        direction = str(self.conf.direction or cfg.stage.objective.direction.value)
+        launcher_kind = type(self.launcher).__name__
+        if self.conf.n_jobs > 1 and launcher_kind == "BasicLauncher":
+            raise TrlmError(
+                "hydra.sweeper.n_jobs > 1 needs a launcher that runs trials as processes: add "
+                "hydra/launcher=submitit_local (the sweep presets do), or submitit_slurm on a cluster"
+            )
+        storage = open_storage(self.conf.storage, self.sweep_dir, parallel=self.conf.n_jobs > 1)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            sampler=self.sampler(),
+            pruner=optuna.pruners.NopPruner(),  # the sweeper never prunes: the jobs do, with the configured pruner
+            direction=direction,
+            load_if_exists=True,
+        )
+        self.study, self.space = study, space
+        self.fixed = [*fixed, *self.share_of_cores(launcher_kind)]
+        self.preflight()
+        if self.check_compatible(study, describe_space(space), direction):
+            for params in self.conf.enqueue_trials:
+                study.enqueue_trial(OmegaConf.to_container(params), skip_if_exists=True)
+        log.info("study %s (%s) in %s: %s", self.study_name, direction, self.sweep_dir, expressions)
+        failures = self.run_trials()
+        write_results(study, self.sweep_dir)
+        self.report(failures)
+
+    def sampler(self) -> Any:
+        from hydra.utils import instantiate
+
+        conf = OmegaConf.to_container(self.conf.sampler)
+        if conf.get("_target_") == "optuna.samplers.TPESampler":
+            conf.setdefault("constant_liar", True)
+        return instantiate(conf)
+
+    def split_arguments(self, arguments: list[str]) -> tuple[list[str], dict[str, str]]:
+        """Command-line overrides: fixed ones go to every trial, sweep expressions join `params`."""
+        fixed, expressions = [], {key: str(value) for key, value in self.conf.params.items()}
+        for override in OverridesParser.create().parse_overrides(arguments):
+            if override.is_sweep_override():
+                expressions[override.get_key_element()] = override.input_line.partition("=")[2]
+            else:
+                fixed.append(override.input_line)
+        if not expressions and not self.conf.custom_search_space:
+            raise TrlmError("the sweep has no search space: set hydra.sweeper.params or pass key=interval(a, b)")
+        return fixed, expressions
+
+    def check_keys(self, space: dict[str, Any]) -> None:
+        missing = object()
+        for key in space:
+            if not key.startswith("+") and OmegaConf.select(self.config, key, default=missing) is missing:
+                raise TrlmError(f"sweep parameter {key} is not a setting of this config (python train.py --cfg job)")
+
+    def preflight(self) -> None:
+        """A trial's config, composed and checked as its job will, before any trial starts."""
+        from trlm.pruning import check_prunable
+        from trlm.validate import check_config
+
+        sample = {key: dist.to_external_repr(dist.to_internal_repr(low_end(dist))) for key, dist in self.space.items()}
+        try:
+            trial_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, self.trial_overrides(0, sample))
+        except Exception as error:  # Hydra's composition errors name the key
+            raise TrlmError(f"a trial's config does not compose: {last_line(str(error))}") from None
+        with open_dict(trial_cfg):
+            del trial_cfg["hydra"]
+        check_config(trial_cfg)
+        check_prunable(trial_cfg)
+
+    def check_compatible(self, study: Any, space: dict[str, str], direction: str) -> bool:
+        """Whether the study is new; an existing one must have the same space and direction."""
+        recorded = study.user_attrs.get("search_space")
+        if recorded is None:
+            study.set_user_attr("search_space", space)
+            return True
+        if study.direction.name.lower() != direction:
+            raise TrlmError(
+                f"study {self.study_name} exists ({self.sweep_dir}) and {study.direction.name.lower()}s; this sweep "
+                f"would {direction}: choose another hydra.sweeper.study_name"
+            )
+        if recorded != space:
+            changed = sorted(k for k in recorded.keys() | space.keys() if recorded.get(k) != space.get(k))
+            raise TrlmError(
+                f"study {self.study_name} exists ({self.sweep_dir}) with another search space ({', '.join(changed)} "
+                f"differ): choose another hydra.sweeper.study_name, or sweep the same space to resume it"
+            )
+        return False
+
+    def share_of_cores(self, launcher_kind: str) -> list[str]:
+        """Local trials share the machine: each gets cores / n_jobs torch threads unless the user chose."""
+        if launcher_kind not in LOCAL_LAUNCHERS or self.config.hardware.cpu_threads is not None:
+            return []
+        return [f"hardware.cpu_threads={max(1, (os.cpu_count() or 1) // self.conf.n_jobs)}"]
+
+    def trial_overrides(self, number: int, params: dict[str, Any]) -> list[str]:
+        from trlm.study import override_value, storage_url
+
+        pruner = OmegaConf.to_container(self.conf.pruner) if self.conf.pruner else {}
+        return [
+            *self.fixed,
+            *(f"{key}={override_value(value)}" for key, value in params.items()),
+            f"run.sweep={self.study_name}",
+            f"run.trial={number}",
+            f"optuna.storage={override_value(storage_url(self.conf.storage, self.sweep_dir))}",
+            f"optuna.study={override_value(self.study_name)}",
+            f"optuna.number={number}",
+            f"++optuna.pruner={override_value(pruner)}",  # ++: a typed dict takes new keys only so
+            f"optuna.report_every={self.conf.report_every}",
+        ]
+
+    def ask(self) -> tuple[int, dict[str, Any]]:
+        trial = self.study.ask(self.space)
+        if self.conf.custom_search_space:
+            module, _, name = str(self.conf.custom_search_space).rpartition(".")
+            getattr(importlib.import_module(module), name)(self.config, trial)
+        trial.set_user_attr("worker", owner())
+        return trial.number, dict(trial.params)
+
+    def stale_trials(self) -> list[tuple[int, dict[str, Any]]]:
+        """Trials left RUNNING by a sweeper of this host that died: run again under their own numbers."""
+        import optuna
+
+        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        stale = [t for t in running if not owner_alive(t.user_attrs.get("worker"))]
+        for trial in stale:
+            log.info("trial %d was running when its sweep stopped: running it again (it resumes)", trial.number)
+            self.study._storage.set_trial_user_attr(trial._trial_id, "worker", owner())
+        return [(t.number, dict(t.params)) for t in stale]
+
+    def run_trial(self, number: int, params: dict[str, Any]) -> Outcome:
+        from trlm.records import Summary
+        from trlm.run_dir import SUMMARY
+
+        log.info("trial %d: %s", number, params)
+        try:
+            (job,) = self.launcher.launch([self.trial_overrides(number, params)], initial_job_idx=number)
+            value = job.return_value  # raises what the job raised
+        except BaseException as error:  # a killed job surfaces as submitit's UncompletedJobError
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            return Outcome(number, error=last_line(f"{type(error).__name__}: {error}"))
+        summary = Summary.load(self.sweep_dir / layout.trial_name(number) / SUMMARY)
+        return Outcome(number, float(value), pruned=bool(summary and summary.pruned))
+
+    def tell(self, outcome: Outcome) -> bool:
+        """Records a trial's final state; returns whether it failed."""
+        try:
+            return self._tell(outcome)
+        except RuntimeError as error:  # Grid / brute-force samplers call study.stop() once exhausted
+            if "Study.stop" not in str(error):
+                raise
+            log.info("the sampler has tried its whole search space: no new trials")
+            self.exhausted = True
+            return outcome.error is not None
+
+    def _tell(self, outcome: Outcome) -> bool:
+        import optuna
+
+        from trlm.study import finite
+
+        state = optuna.trial.TrialState
+        if outcome.error is None and not outcome.pruned and not finite(outcome.value):
+            outcome.error = f"objective is {outcome.value}"
+        if outcome.error is not None:
+            trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, outcome.number)
+            self.study._storage.set_trial_user_attr(trial_id, "fail_reason", outcome.error)
+            self.study.tell(outcome.number, state=state.FAIL, skip_if_finished=True)
+            log.warning("trial %d failed: %s", outcome.number, outcome.error)
+            return True
+        if outcome.pruned:
+            self.study.tell(outcome.number, state=state.PRUNED, skip_if_finished=True)
+            log.info("trial %d pruned (last value %s)", outcome.number, outcome.value)
+        else:
+            self.study.tell(outcome.number, outcome.value, skip_if_finished=True)
+            log.info("trial %d: %s = %.6g", outcome.number, self.config.stage.objective.metric, outcome.value)
+        return False
+
+    def started(self) -> int:
+        """Trials started in this study, in any state (enqueued ones wait to be asked)."""
+        import optuna
+
+        return sum(t.state != optuna.trial.TrialState.WAITING for t in self.study.get_trials(deepcopy=False))
+
+    def run_trials(self) -> list[str]:
+        """Keeps `n_jobs` trials in flight until the study holds `n_trials` (any state) or `max_failures` failed."""
+        from trlm.study import write_results
+
+        pending = self.stale_trials()
+        failures: list[str] = []
+        in_flight: dict[Future[Outcome], int] = {}
+        with ThreadPoolExecutor(max_workers=self.conf.n_jobs, thread_name_prefix="trial") as pool:
+            while True:
+                while len(in_flight) < self.conf.n_jobs and len(failures) < self.conf.max_failures:
+                    if pending:
+                        number, params = pending.pop(0)
+                    elif not self.exhausted and self.started() < self.conf.n_trials:
+                        number, params = self.ask()
+                    else:
+                        break
+                    in_flight[pool.submit(self.run_trial, number, params)] = number
+                if not in_flight:
+                    return failures
+                finished_now, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished_now:
+                    in_flight.pop(future)
+                    outcome = future.result()
+                    if self.tell(outcome):
+                        failures.append(f"trial {outcome.number}: {outcome.error}")
+                write_results(self.study, self.sweep_dir)
+
+    def report(self, failures: list[str]) -> None:
+        from trlm.study import RESULTS, best
+
+        top = best(self.study)
+        if top is not None:
+            log.info("best: trial %d, %s = %.6g, %s", top.number, self.config.stage.objective.metric, top.value,
+                     dict(top.params))  # fmt: skip
+            log.info("saved %s and trials.csv in %s", RESULTS, self.sweep_dir)
+        cut_short = not self.exhausted and self.started() < self.conf.n_trials
+        if failures and not cut_short:
+            log.warning("%d of the trials failed (trials.csv says why): %s", len(failures), "; ".join(failures))
+        if len(failures) >= self.conf.max_failures and cut_short:
+            raise TrlmError(
+                f"sweep {self.study_name} stopped: {len(failures)} trials failed (hydra.sweeper.max_failures="
+                f"{self.conf.max_failures}); last: {failures[-1]}. Finished trials are kept in {self.sweep_dir}"
+            )

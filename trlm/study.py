@@ -1,0 +1,194 @@
+"""Optuna studies as trlm uses them: storage, search spaces in Hydra's override grammar, results.
+
+Shared by the sweeper (hydra_plugins/trlm_optuna), the training job that reports to its trial
+(pruning), and `trlm sweep DIR`. Light at import: optuna is imported where it is needed.
+
+- Storage: Optuna's journal file in the sweep directory by default (safe for many processes, also
+  on NFS, with the open lock); an RDB URL is accepted; plain SQLite is refused for parallel trials.
+- Search space: `key: "interval(1e-5, 1e-3)"`, `"tag(log, interval(…))"`, `"tag(int, interval(…))"`,
+  `"choice(a, b)"`, `"range(1, 5)"` — Hydra's own sweep grammar, turned into Optuna distributions.
+- The pruner is not stored with a study, so the sweeper passes its config to every job, which
+  rebuilds it before loading its trial.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import OmegaConf
+
+from trlm.errors import TrlmError
+from trlm.fsutil import atomic_write_text
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.distributions import BaseDistribution
+
+JOURNAL = "optuna.journal"
+RESULTS, TRIALS = "optimization_results.yaml", "trials.csv"
+
+
+def open_storage(storage: str | None, sweep_dir: Path, parallel: bool) -> Any:
+    """The study's storage: a journal file (default: in the sweep dir) or an RDB URL."""
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    if storage and "://" in storage:
+        if storage.startswith("sqlite") and parallel:
+            raise TrlmError(
+                f"storage {storage}: SQLite locks up under parallel writers (Optuna's FAQ); use the default "
+                f"journal file (leave hydra.sweeper.storage unset) or a server database URL"
+            )
+        return RDBStorage(storage)
+    path = Path(storage) if storage else sweep_dir / JOURNAL
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as error:
+        raise TrlmError(f"cannot write the study's journal {path} ({error.filename}: {error.strerror})") from None
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+
+def storage_url(storage: str | None, sweep_dir: Path) -> str:
+    """What a job is told to open: the RDB URL, or the journal file's path."""
+    return storage if storage and "://" in storage else str(Path(storage) if storage else sweep_dir / JOURNAL)
+
+
+def distribution(key: str, expression: str) -> BaseDistribution:
+    """An Optuna distribution from a Hydra sweep expression (`interval`, `tag(log, …)`, `choice`, `range`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    try:
+        override = OverridesParser.create().parse_override(f"{key}={expression}")
+    except Exception as error:  # Hydra's parser raises its own OverrideParseException with the grammar's words
+        raise TrlmError(f"search space {key}={expression!r} is not a Hydra sweep expression: {error}") from None
+    sweep = override.value()
+    if isinstance(sweep, ChoiceSweep):
+        return CategoricalDistribution(list(sweep.list))
+    if isinstance(sweep, RangeSweep):
+        values = list(override.sweep_iterator())
+        if all(isinstance(v, int) for v in values):
+            return IntDistribution(min(values), max(values), step=int(sweep.step))
+        return CategoricalDistribution(values)
+    if isinstance(sweep, IntervalSweep):
+        log = "log" in sweep.tags
+        if "int" in sweep.tags:  # Hydra's interval is float; tag(int, interval(a, b)) as hydra-optuna-sweeper
+            return IntDistribution(int(sweep.start), int(sweep.end), log=log)
+        return FloatDistribution(float(sweep.start), float(sweep.end), log=log)
+    raise TrlmError(
+        f"search space {key}={expression!r}: use interval(a, b), tag(log, interval(a, b)), choice(…) or range(…)"
+    )
+
+
+def search_space(params: dict[str, str]) -> dict[str, BaseDistribution]:
+    return {key: distribution(key, str(expression)) for key, expression in params.items()}
+
+
+def describe_space(space: dict[str, BaseDistribution]) -> dict[str, str]:
+    from optuna.distributions import distribution_to_json
+
+    return {key: distribution_to_json(dist) for key, dist in sorted(space.items())}
+
+
+def override_value(value: Any) -> str:
+    """A value in Hydra's override grammar (strings quoted, dicts and lists spelled out)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if value is None:
+        return "null"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def build_pruner(config: dict[str, Any] | None) -> optuna.pruners.BasePruner:
+    """The sweeper's pruner, rebuilt from its config (Optuna does not store it with the study)."""
+    import optuna
+    from hydra.utils import instantiate
+
+    if not config:
+        return optuna.pruners.NopPruner()
+    return instantiate(OmegaConf.create(dict(config)))
+
+
+def finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+@dataclass
+class TrialRow:
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    reason: str = ""
+
+
+def trial_rows(study: optuna.Study) -> list[TrialRow]:
+    return [
+        TrialRow(t.number, t.state.name, t.value, dict(t.params), str(t.user_attrs.get("fail_reason", "")))
+        for t in study.get_trials(deepcopy=False)
+    ]
+
+
+def best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    return study.best_trial if done else None
+
+
+def write_results(study: optuna.Study, sweep_dir: Path) -> None:
+    """`optimization_results.yaml` (as hydra-optuna-sweeper writes it) and `trials.csv` beside it."""
+    rows = trial_rows(study)
+    keys = sorted({key for row in rows for key in row.params})
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["number", "state", "value", *keys, "reason"])
+    for row in rows:
+        writer.writerow([row.number, row.state, "" if row.value is None else row.value,
+                         *(row.params.get(k, "") for k in keys), row.reason])  # fmt: skip
+    atomic_write_text(sweep_dir / TRIALS, table.getvalue())
+    top = best(study)
+    if top is not None:
+        results = {"name": "optuna", "best_params": dict(top.params), "best_value": top.value}
+        atomic_write_text(sweep_dir / RESULTS, OmegaConf.to_yaml(OmegaConf.create(results)))
+
+
+def format_study(study: optuna.Study) -> str:
+    rows = trial_rows(study)
+    keys = sorted({key for row in rows for key in row.params})
+    lines = [["trial", "state", "value", *keys]]
+    for row in rows:
+        value = "-" if row.value is None else f"{row.value:.4g}"
+        lines.append([str(row.number), row.state.lower(), value, *(str(row.params.get(k, "-")) for k in keys)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+    direction = study.direction.name.lower()
+    top = best(study)
+    summary = f"best: trial {top.number}, value {top.value:.4g}, {dict(top.params)}" if top else "best: none yet"
+    return f"study {study.study_name} ({direction}, {len(rows)} trials)\n{text}\n{summary}"
+
+
+def print_study(sweep_dir: Path) -> int:
+    """`trlm sweep DIR`: the study in DIR's journal, at any time (also while it runs)."""
+    import optuna
+
+    journal = sweep_dir / JOURNAL
+    if not journal.exists():
+        raise TrlmError(f"{sweep_dir} holds no study ({JOURNAL} is missing)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(str(journal), sweep_dir, parallel=False)
+    names = [s.study_name for s in optuna.study.get_all_study_summaries(storage)]
+    for name in names:
+        print(format_study(optuna.load_study(study_name=name, storage=storage)))
+    return 0
