@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-clean test test-fast bench lint format clean
+.PHONY: setup demo demo-clean sweep-demo test test-fast bench bench-sweep lint format clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,13 @@ demo: $(STAMP)
 demo-clean:
 	rm -rf outputs/demo
 
+# A small Optuna sweep on CPU (learning rate of the demo's stage 1, which starts from the base
+# model: nothing else needed): 6 trials, 2 at a time, pruning on. Study in outputs/demo/sweeps/lr/.
+sweep-demo: $(STAMP)
+	$(BIN)/python train.py -m experiment=demo stage=sft sweep=lr hydra.sweeper.n_trials=6 \
+		hydra.sweeper.n_jobs=2 stage.recipe.max_steps=150 stage.evaluation.generate=false
+	$(BIN)/trlm sweep outputs/demo/sweeps/lr/sft
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
@@ -37,13 +44,17 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/prepare_bench.py
 
+# Asynchronous vs batch-synchronous trials, pruning on vs off (see bench/sweep_bench.py): ~10 min.
+bench-sweep: $(STAMP)
+	$(BIN)/python bench/sweep_bench.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check trlm tests bench train.py
-	$(BIN)/ruff format --check trlm tests bench train.py
+	$(BIN)/ruff check trlm hydra_plugins tests bench train.py
+	$(BIN)/ruff format --check trlm hydra_plugins tests bench train.py
 
 format: $(STAMP)
-	$(BIN)/ruff format trlm tests bench train.py
-	$(BIN)/ruff check --fix trlm tests bench train.py
+	$(BIN)/ruff format trlm hydra_plugins tests bench train.py
+	$(BIN)/ruff check --fix trlm hydra_plugins tests bench train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

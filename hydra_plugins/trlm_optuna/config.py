@@ -24,6 +24,9 @@ class TrlmOptunaSweeperConf:
     storage: str | None = None  # null: a journal file in the sweep directory; or a journal path / RDB URL
     n_trials: int = 10  # trials in the study in all (any state): re-running resumes, a larger n extends it
     n_jobs: int = 1  # trials in flight at once; a new one starts as soon as any finishes
+    # false: wait for every trial of a batch before asking the next batch (hydra-optuna-sweeper's way;
+    # kept to measure the difference, bench/sweep_bench.py)
+    asynchronous: bool = True
     max_failures: int = 3  # failed trials (raised, NaN/inf, killed) this sweep tolerates before it stops
     params: dict[str, str] = field(default_factory=dict)  # key: Hydra sweep expression
     custom_search_space: str | None = None  # "module.function(cfg, trial)" suggesting further params

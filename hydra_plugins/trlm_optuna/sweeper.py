@@ -299,7 +299,8 @@ class TrlmOptunaSweeper(Sweeper):
         in_flight: dict[Future[Outcome], int] = {}
         with ThreadPoolExecutor(max_workers=self.conf.n_jobs, thread_name_prefix="trial") as pool:
             while True:
-                while len(in_flight) < self.conf.n_jobs and len(failures) < self.conf.max_failures:
+                refill = self.conf.asynchronous or not in_flight
+                while refill and len(in_flight) < self.conf.n_jobs and len(failures) < self.conf.max_failures:
                     if pending:
                         number, params = pending.pop(0)
                     elif not self.exhausted and self.started() < self.conf.n_trials:
