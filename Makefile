@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-clean sweep-demo test test-fast bench bench-sweep lint format clean
+.PHONY: setup demo demo-clean sweep-demo slurm-up slurm-down test test-fast bench bench-sweep lint format clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,14 @@ sweep-demo: $(STAMP)
 	$(BIN)/python train.py -m experiment=demo stage=sft sweep=lr hydra.sweeper.n_trials=6 \
 		hydra.sweeper.n_jobs=2 stage.recipe.max_steps=150 stage.evaluation.generate=false
 	$(BIN)/trlm sweep outputs/demo/sweeps/lr/sft
+
+# The local Slurm dev cluster (two MI300x-shaped nodes x 8 fake GPUs on this machine, as root):
+# launcher=local_slurm submits to it; the Slurm tests run against it (skipped while it is down).
+slurm-up:
+	bash scripts/slurm/up.sh
+
+slurm-down:
+	bash scripts/slurm/down.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

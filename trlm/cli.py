@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from trlm import tracking
 from trlm.config import register_configs
-from trlm.distributed import is_main_process
+from trlm.distributed import export_slurm_ranks, is_main_process
 from trlm.errors import TrlmError
 from trlm.fsutil import remove_empty_dirs
 from trlm.layout import output_root, register_resolvers
@@ -51,10 +51,15 @@ def refuse(message: str) -> None:
     raise SystemExit(2)
 
 
-class WritableOutputs(Callback):
-    """Refuses, in one line, a run or sweep directory that cannot be created, before Hydra tries to."""
+class CommandChecks(Callback):
+    """Refuses, in one line and before Hydra acts: a run or sweep directory that cannot be created,
+    and a cluster launcher on a single run (Hydra launches only multiruns: it would train here)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
+        launcher = config.hydra.runtime.choices.get("launcher")
+        if config.hydra.runtime.choices.get("hydra/launcher") != "basic":
+            args = " ".join(sys.argv[1:])
+            refuse(f"launcher={launcher} submits jobs from a multirun only: run `python train.py -m {args}`")
         self.check(Path(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
@@ -86,6 +91,7 @@ def train(cfg: DictConfig) -> float:
     if not is_main_process():  # one voice per job: other ranks only warn
         logging.getLogger().setLevel(logging.WARNING)
     try:
+        export_slurm_ranks()
         return import_run_stage(cfg)(cfg, run_dir, list(hydra_cfg.overrides.task))
     except TrlmError as error:
         if hydra_cfg.mode == RunMode.RUN:

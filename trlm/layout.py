@@ -5,7 +5,8 @@
 
 A trial is named by what makes it a trial, never by a counter that restarts with each sweep: the
 Optuna sweeper names it by its trial number (`run.trial`), Hydra's basic sweeper by the job's
-overrides. So the same command always lands in the same directory, and a re-run resumes it.
+overrides (less those that only say where: conf/train.yaml's `override_dirname.exclude_keys`).
+So the same command always lands in the same directory, and a re-run resumes it.
 
 Hydra reads the layout through the resolvers registered here (`conf/train.yaml`); lineage and
 the CLI call the same functions. Light on purpose: no torch, no transformers.
@@ -21,8 +22,6 @@ from omegaconf import OmegaConf
 from trlm.paths import project_path
 
 SWEEPS = "sweeps"
-# Overrides that choose the run's place (already in its path) or only where things go, not the trial.
-NOT_TRIAL_KEYS = ("stage", "experiment", "run.name", "run.sweep", "run.trial", "paths.output_root", "sweep")
 SINGLE_TRIAL = "base"  # a multirun job without swept parameters (e.g. one Slurm job)
 
 

@@ -72,6 +72,7 @@ class RunRecord(JsonRecord):
     versions: dict[str, str] = field(default_factory=dict)
     sweep: str | None = None
     trial: str | None = None
+    slurm_job_id: str | None = None  # the Slurm job that did (or last resumed) the work
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +242,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
             versions={lib.__name__: lib.__version__ for lib in (torch, transformers, trl, datasets)},
             sweep=cfg.run.sweep if cfg.run.trial is not None else None,
             trial=cfg.run.trial,
+            slurm_job_id=os.environ.get("SLURM_JOB_ID"),
         ).save(run_dir / RUN_RECORD)
 
     tracking.configure(cfg, run_dir)

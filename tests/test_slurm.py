@@ -1,0 +1,77 @@
+"""Jobs through a real Slurm cluster: the local dev cluster of scripts/slurm/up.sh (two MI300x-shaped
+nodes of 8 fake GPUs on this machine; `.ci/run` brings it up). Skipped when no cluster answers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from tests.helpers import QUICK
+from trlm.records import RunRecord, Summary
+
+pytestmark = pytest.mark.slow
+
+
+def cluster_up() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    states = subprocess.run(["sinfo", "-h", "-o", "%T", "-p", "mi300x"], capture_output=True, text=True)
+    return states.returncode == 0 and "idle" in states.stdout
+
+
+requires_cluster = pytest.mark.skipif(not cluster_up(), reason="no local Slurm cluster (make slurm-up)")
+
+
+def trial_dirs(sweep_dir):
+    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+@requires_cluster
+def test_a_stage_through_slurm_matches_the_same_stage_run_here(run_cli, tmp_path):
+    local = run_cli(*QUICK, "stage=sft", root=tmp_path / "local")
+    assert local.returncode == 0, local.stderr[-2000:]
+    slurm = run_cli("-m", *QUICK, "stage=sft", "launcher=local_slurm", root=tmp_path / "slurm")
+    assert slurm.returncode == 0, slurm.stderr[-3000:]
+    (trial,) = trial_dirs(tmp_path / "slurm" / "demo" / "sweeps" / "multirun" / "sft")
+    assert RunRecord.load(trial / "run.json").slurm_job_id  # it ran as a Slurm job
+    here = Summary.load(tmp_path / "local" / "demo" / "sft" / "summary.json").metrics
+    there = Summary.load(trial / "summary.json").metrics
+    for key in ("train_loss", "eval_loss", "answer_accuracy"):
+        assert there[key] == pytest.approx(here[key], rel=1e-4), key
+
+
+@requires_cluster
+def test_two_ranks_as_two_slurm_tasks(run_cli, tmp_path):
+    result = run_cli("-m", *QUICK, "stage=sft", "launcher=local_slurm", "hardware.devices_per_node=2",
+                     "stage.recipe.per_device_train_batch_size=8")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (trial,) = trial_dirs(tmp_path / "outputs" / "demo" / "sweeps" / "multirun" / "sft")
+    record = RunRecord.load(trial / "run.json")
+    assert record.world_size == 2 and record.global_batch == 16 and record.slurm_job_id
+    logs = "".join(p.read_text() for p in trial.parent.glob(".submitit/*/*_log.*"))
+    assert "rank 0/2" in logs and "rank 1/2" in logs  # ranks from Slurm through submitit
+    assert logs.count("blend trlm-demo-sft: preparing") <= 1  # rank 0 prepared; rank 1 waited
+    assert Summary.load(trial / "summary.json").global_step == 4
+
+
+@requires_cluster
+def test_optuna_trials_as_slurm_jobs(run_cli, tmp_path):
+    result = run_cli("-m", "experiment=demo", "stage=sft", "sweep=lr", "launcher=local_slurm",
+                     "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner=null",
+                     "stage.recipe.max_steps=4", "stage.recipe.save_steps=2",
+                     "stage.evaluation.generate=false")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "outputs" / "demo" / "sweeps" / "lr" / "sft"
+    job_ids = {RunRecord.load(sweep / n / "run.json").slurm_job_id for n in ("0", "1")}
+    assert len(job_ids) == 2 and None not in job_ids  # each trial its own Slurm job
+    assert (sweep / "optimization_results.yaml").exists()
+    assert [line.split(",")[1] for line in (sweep / "trials.csv").read_text().splitlines()[1:]] == ["COMPLETE"] * 2
+
+
+def test_a_cluster_launcher_without_multirun_is_refused(run_cli, tmp_path):
+    result = run_cli("experiment=demo", "launcher=local_slurm")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "launcher=local_slurm submits jobs from a multirun only: run `python train.py -m" in result.stderr
+    assert not (tmp_path / "outputs").exists()
