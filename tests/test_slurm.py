@@ -75,3 +75,41 @@ def test_a_cluster_launcher_without_multirun_is_refused(run_cli, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "launcher=local_slurm submits jobs from a multirun only: run `python train.py -m" in result.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+@requires_cluster
+def test_a_preempted_job_requeues_and_resumes_without_losing_or_repeating_a_step(tmp_path):
+    """`scancel --signal=USR2` mid-training: a checkpoint at that step (the only one: save_steps is
+    larger than the run), a requeue, a resume; every optimizer step logged exactly once."""
+    import json
+    import os
+    import sys
+    import time
+
+    from trlm.paths import PROJECT_ROOT
+
+    command = [sys.executable, str(PROJECT_ROOT / "train.py"), "-m", f"paths.output_root={tmp_path / 'outputs'}",
+               *QUICK, "stage=sft", "launcher=local_slurm", "stage.recipe.max_steps=60",
+               "stage.recipe.save_steps=1000", "stage.evaluation.generate=false"]  # fmt: skip
+    sweep = tmp_path / "outputs" / "demo" / "sweeps" / "multirun" / "sft"
+    sweeper = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def logged_steps() -> int:
+        files = list(sweep.glob("*/metrics.jsonl"))
+        return len(files[0].read_text().splitlines()) if files else 0
+
+    deadline = time.monotonic() + 300
+    while logged_steps() < 10 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (job,) = [p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    assert sweeper.wait(timeout=600) == 0
+    (trial,) = trial_dirs(sweep)
+    rows = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "loss" in row] == list(range(1, 61))
+    log = (trial / "train.log").read_text()
+    assert "saving a checkpoint at the end of this step" in log and "resuming from" in log
+    assert Summary.load(trial / "summary.json").global_step == 60
+    states = subprocess.run(["sacct", "-j", job, "-X", "-n", "-D", "-o", "State"], capture_output=True, text=True)
+    assert "REQUEUED" in states.stdout or "PREEMPTED" in states.stdout  # the same job id ran twice

@@ -192,8 +192,9 @@ class HardwareConfig:
     dataloader_num_workers: int = 0
     optim: str = "adamw_torch"
     torch_empty_cache_steps: int | None = None
-    # torch's intra-op threads; None keeps torch's default (all cores). Processes sharing a machine
-    # (parallel sweep trials) each need their share, or they slow each other several-fold.
+    # torch's intra-op threads; None: a Slurm task's cpus_per_task, else torch's default (all cores).
+    # Processes sharing a machine (parallel sweep trials) each need their share, or they slow each
+    # other several-fold.
     cpu_threads: int | None = None
 
 

@@ -2,8 +2,9 @@
 
 `O_CREAT | O_EXCL` is atomic on local and network filesystems alike, so two processes (or two
 Slurm jobs on different nodes) never both hold a lock. A lock whose holder was on this host and
-is no longer alive is stale and taken over; a holder on another host is trusted until it is
-removed by hand (its pid means nothing here), and the message says how.
+is no longer alive is stale and taken over, and so is one held by an earlier run of the same Slurm
+job (a requeued job keeps its id, and may land on another node); any other holder on another host
+is trusted until it is removed by hand (its pid means nothing here), and the message says how.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class FileLock:
                 return time.time() - self.path.stat().st_mtime > 10
             except FileNotFoundError:
                 return True
+        job = os.environ.get("SLURM_JOB_ID")
+        if job and holder.get("slurm_job_id") == job:  # this job's earlier run, before its requeue
+            return True
         return holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1)))
 
     def _try_acquire(self) -> bool:
@@ -66,8 +70,9 @@ class FileLock:
                 return self._try_acquire()
             return False
         with os.fdopen(fd, "w") as handle:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "for": self.purpose},
-                      handle)  # fmt: skip
+            holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "for": self.purpose,
+                      "slurm_job_id": os.environ.get("SLURM_JOB_ID")}  # fmt: skip
+            json.dump(holder, handle)
         return True
 
     def describe_holder(self) -> str:

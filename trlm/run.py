@@ -35,6 +35,7 @@ from trlm.lineage import StartPoint, resolve_start
 from trlm.locks import FileLock
 from trlm.modeling import load_model, load_tokenizer, resolve_pretrained, tiny_model_dir
 from trlm.paths import project_path
+from trlm.preemption import PreemptionCheckpoint
 from trlm.pruning import TrialReporter, check_prunable, reports_to_trial
 from trlm.records import RunRecord, Summary
 from trlm.run_dir import (
@@ -218,8 +219,9 @@ def run_stage(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> floa
 def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInputs, args: TrainingArguments) -> float:
     stage, start, source, tokenizer = cfg.stage, inputs.start, inputs.source, inputs.tokenizer
     blend, data, parts = inputs.blend, inputs.data, inputs.parts
-    if cfg.hardware.cpu_threads:
-        torch.set_num_threads(cfg.hardware.cpu_threads)
+    threads = cfg.hardware.cpu_threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
+    if threads:  # the cores this process was given (a Slurm task's allocation): no oversubscription
+        torch.set_num_threads(threads)
     log.info("stage=%s run=%s run_dir=%s start=%s", stage.name, cfg.run.name, run_dir, start.source)
     log.info("blend %s: %s rows, sha256 %s", cfg.data.name, data["rows"], data["sha256"][:12])
     set_seed(stage.recipe.seed)  # before load: the rows added for new tokens are drawn at random
@@ -247,7 +249,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
 
     tracking.configure(cfg, run_dir)
     reporter = TrialReporter(cfg) if reports_to_trial(cfg) else None
-    callbacks = [MetricsLog(run_dir / METRICS), CheckpointMarker(), *([reporter] if reporter else [])]
+    preemption = PreemptionCheckpoint()
+    callbacks = [MetricsLog(run_dir / METRICS), CheckpointMarker(), preemption, *([reporter] if reporter else [])]
     trainer = build_trainer(stage, args, model, tokenizer, blend["train"], blend.get("eval"), callbacks)
     generate = "eval" in blend and stage.evaluation.generate
     conversations = TRAINERS[stage.trainer].held_out(blend["eval"]) if generate else []
@@ -260,6 +263,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    preemption.hand_over()  # stopped for a requeue: the requeued job finishes the run
 
     metrics.update({**last_logged(trainer.state.log_history), **train_output.metrics})
     metrics["train_loss"] = train_output.training_loss

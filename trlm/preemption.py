@@ -1,0 +1,67 @@
+"""Preemption and time limits under Slurm: save at the current step, then let submitit requeue.
+
+submitit installs a handler for its requeue signal (USR2, `signal_delay_s` before the time limit,
+or `scancel --signal=USR2`) that checkpoints the job's call and requeues it. trlm puts its own
+handler in front: it only raises a flag; at the end of the current optimizer step the callback
+has TRL save a complete checkpoint and stop; then submitit's handler runs and requeues. The
+requeued job resumes from that checkpoint (the same run directory, the same data order), so no
+optimizer step is lost or repeated. Under several ranks, rank 0's flag is broadcast each step so
+every rank stops at the same one. Outside a submitit Slurm job this does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from trlm.distributed import broadcast_from_main, is_main_process, world_size
+
+log = logging.getLogger(__name__)
+
+
+def requeue_signal() -> signal.Signals:
+    """submitit's requeue signal: USR2 unless SUBMITIT_PREEMPT_SIGNAL names another."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
+    return signal.Signals[f"SIG{name}"]
+
+
+class Preempted(SystemExit):
+    """Training stopped for a requeue: the job ends here without a summary (the requeued one writes it)."""
+
+
+class PreemptionCheckpoint(TrainerCallback):
+    def __init__(self) -> None:
+        self.signalled = False
+        self.stopped = False
+        self.previous: Any = None
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and in_main_thread:
+            self.signal = requeue_signal()
+            self.previous = signal.signal(self.signal, self._flag)
+
+    def _flag(self, signum: int, frame: FrameType | None) -> None:
+        log.warning("%s: saving a checkpoint at the end of this step, then requeueing", signal.Signals(signum).name)
+        self.signalled = True
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        stop = broadcast_from_main(self.signalled) if world_size() > 1 else self.signalled
+        if stop:
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
+
+    def hand_over(self) -> None:
+        """After training stopped for the signal: submitit requeues the job (rank 0), every rank exits."""
+        if not self.stopped:
+            return
+        log.warning("checkpoint saved; handing over to submitit to requeue the job")
+        signal.signal(self.signal, self.previous)
+        if is_main_process() and callable(self.previous):
+            self.previous(self.signal, None)  # submitit: checkpoint the call, requeue, exit
+        raise Preempted(0)
