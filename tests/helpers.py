@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from trlm.config import StageConfig, TinyModelConfig
@@ -34,3 +37,14 @@ def finish_run(run_dir: Path, metrics: dict[str, float] | None = None, step: int
         metrics=metrics or {"train_loss": 1.0},
         objective={"metric": "train_loss", "direction": "minimize", "value": 1.0},
     ).save(run_dir / "summary.json")
+
+
+def cluster_up() -> bool:
+    """Whether the local Slurm dev cluster (scripts/slurm/up.sh) answers with idle nodes."""
+    if not shutil.which("sinfo"):
+        return False
+    states = subprocess.run(["sinfo", "-h", "-o", "%T", "-p", "mi300x"], capture_output=True, text=True)
+    return states.returncode == 0 and "idle" in states.stdout
+
+
+requires_cluster = pytest.mark.skipif(not cluster_up(), reason="no local Slurm cluster (make slurm-up)")

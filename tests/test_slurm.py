@@ -3,25 +3,14 @@ nodes of 8 fake GPUs on this machine; `.ci/run` brings it up). Skipped when no c
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
 
-from tests.helpers import QUICK
+from tests.helpers import QUICK, requires_cluster
 from trlm.records import RunRecord, Summary
 
 pytestmark = pytest.mark.slow
-
-
-def cluster_up() -> bool:
-    if not shutil.which("sinfo"):
-        return False
-    states = subprocess.run(["sinfo", "-h", "-o", "%T", "-p", "mi300x"], capture_output=True, text=True)
-    return states.returncode == 0 and "idle" in states.stdout
-
-
-requires_cluster = pytest.mark.skipif(not cluster_up(), reason="no local Slurm cluster (make slurm-up)")
 
 
 def trial_dirs(sweep_dir):

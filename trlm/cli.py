@@ -157,16 +157,24 @@ def sweep(args: list[str]) -> int:
     return print_study(project_path(args[0]))
 
 
-COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "train": (hydra_command(train), "[key=value ...]     run a stage (same as `python train.py`; -m for a multirun)"),
-    "prepare": (hydra_command(prepare), "data=<blend> [...]  prepare a blend (conf/data/<experiment>/<stage>)"),
-    "results": (results, "DIR                 the figures of every finished run under DIR (e.g. outputs/demo)"),
-    "sweep": (sweep, "DIR                   a study's trials, states, values, params and best (also while it runs)"),
+def pipeline(args: list[str]) -> int:
+    from trlm.pipeline import run_pipeline
+
+    check_blend_choice(args)
+    return run_pipeline(args)
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str, str]] = {  # name: (run, arguments, what it does)
+    "train": (hydra_command(train), "[key=value ...]", "run a stage (same as `python train.py`; -m for a multirun)"),
+    "prepare": (hydra_command(prepare), "data=<blend> [...]", "prepare a blend (conf/data/<experiment>/<stage>)"),
+    "pipeline": (pipeline, "[key=value ...]", "the stages in order (a Slurm launcher: jobs chained afterok)"),
+    "results": (results, "DIR", "the figures of every finished run under DIR (e.g. outputs/demo)"),
+    "sweep": (sweep, "DIR", "a study's trials, states, values, params and best (also while it runs)"),
 }
 
 
 def usage() -> str:
-    lines = [f"trlm {name} {text}" for name, (_, text) in COMMANDS.items()]
+    lines = [f"trlm {name:<8} {args:<19} {text}" for name, (_, args, text) in COMMANDS.items()]
     return "usage: " + "\n       ".join(lines)
 
 

@@ -1,0 +1,84 @@
+"""`trlm pipeline`: the three stages in lineage order, locally and as Slurm jobs chained afterok."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.helpers import QUICK, requires_cluster
+from trlm.records import RunRecord, Summary
+
+pytestmark = pytest.mark.slow
+
+FAST = (*QUICK, "stage.recipe.max_steps=2", "stage.evaluation.generate=false")
+
+
+def pipeline(tmp_path, *args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    command = [sys.executable, "-m", "trlm.cli", "pipeline", f"paths.output_root={tmp_path / 'outputs'}", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+
+
+def test_the_stages_run_in_lineage_order_and_a_rerun_skips_them(tmp_path):
+    result = pipeline(tmp_path, *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "outputs" / "demo"
+    assert [line.split()[3] for line in result.stdout.splitlines() if line.startswith("pipeline: ")] == [
+        "stage=sft", "stage=sft_think", "stage=dpo"]  # fmt: skip
+    assert RunRecord.load(root / "dpo" / "run.json").start["stage"] == "sft_think"
+    again = pipeline(tmp_path, *FAST)
+    assert again.returncode == 0 and (again.stdout + again.stderr).count("already finished") == 3
+
+
+def test_a_failing_stage_stops_the_local_pipeline(tmp_path):
+    result = pipeline(tmp_path, *FAST, "run.init_from=/no/such/model")
+    assert result.returncode == 2 and "stage sft failed; the stages after it were not run" in result.stderr
+    assert not (tmp_path / "outputs" / "demo").exists()
+
+
+def sacct_states(job_ids: list[str]) -> list[str]:
+    out = subprocess.run(["sacct", "-n", "-X", "-j", ",".join(job_ids), "-o", "JobID,State"], capture_output=True,
+                         text=True).stdout  # fmt: skip
+    states = dict(line.split()[:2] for line in out.splitlines() if line.strip())
+    return [states.get(job, "") for job in job_ids]
+
+
+def wait_for(job_ids: list[str], timeout: float = 600) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = sacct_states(job_ids)
+        if all(s and s not in ("PENDING", "RUNNING", "REQUEUED") for s in states):
+            return states
+        time.sleep(1)
+    raise AssertionError(f"jobs {job_ids} did not end: {sacct_states(job_ids)}")
+
+
+def job_ids(output: str) -> list[str]:
+    return [line.split("Slurm job ")[1].split()[0] for line in output.splitlines() if "submitted as Slurm job" in line]
+
+
+@requires_cluster
+def test_the_pipeline_as_slurm_jobs_chained_afterok(tmp_path):
+    result = pipeline(tmp_path, *FAST, "launcher=local_slurm")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = job_ids(result.stdout)
+    assert len(jobs) == 3 and f"squeue -j {','.join(jobs)}" in result.stdout
+    assert wait_for(jobs) == ["COMPLETED"] * 3
+    root = tmp_path / "outputs" / "demo"
+    assert [RunRecord.load(root / s / "run.json").slurm_job_id for s in ("sft", "sft_think", "dpo")] == jobs
+    assert Summary.load(root / "dpo" / "summary.json").global_step == 2
+    again = pipeline(tmp_path, *FAST, "launcher=local_slurm")
+    assert again.returncode == 0 and job_ids(again.stdout) == [] and again.stdout.count("already finished") == 3
+
+
+@requires_cluster
+def test_a_failing_first_stage_leaves_the_others_never_run(tmp_path):
+    result = pipeline(tmp_path, *FAST, "launcher=local_slurm", "run.init_from=/no/such/model")
+    assert result.returncode == 0, result.stderr[-3000:]  # submitted; the failure happens on the cluster
+    first, *rest = wait_for(job_ids(result.stdout))
+    assert first == "FAILED" and all(state.startswith("CANCELLED") for state in rest)
+    assert not (tmp_path / "outputs" / "demo" / "sft_think").exists()
