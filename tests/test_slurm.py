@@ -102,3 +102,14 @@ def test_a_preempted_job_requeues_and_resumes_without_losing_or_repeating_a_step
     assert Summary.load(trial / "summary.json").global_step == 60
     states = subprocess.run(["sacct", "-j", job, "-X", "-n", "-D", "-o", "State"], capture_output=True, text=True)
     assert "REQUEUED" in states.stdout or "PREEMPTED" in states.stdout  # the same job id ran twice
+
+
+def test_slurm_out_of_reach_is_one_line(run_cli, tmp_path):
+    result = run_cli("-m", *QUICK, "launcher=local_slurm", env={"PATH": "/nonexistent"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "launcher=local_slurm submits to Slurm, but sbatch is not on this machine's PATH" in result.stderr
+
+
+def test_a_launcher_that_disagrees_with_the_hardware_preset(run_cli):
+    result = run_cli("-m", *QUICK, "launcher=local_slurm", "hydra.launcher.gpus_per_node=4")
+    assert result.returncode == 2 and "gpus_per_node=4 disagrees with hardware=cpu (1 per node)" in result.stderr

@@ -14,6 +14,8 @@ import contextlib
 import io
 import logging
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +66,23 @@ class CommandChecks(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         self.check(Path(config.hydra.sweep.dir))
+        if config.hydra.runtime.choices.get("hydra/launcher") == "submitit_slurm":
+            self.check_slurm(config)
+
+    @staticmethod
+    def check_slurm(config: DictConfig) -> None:
+        launcher, hardware = config.hydra.runtime.choices.get("launcher"), config.hardware
+        gpus = config.hydra.launcher.get("gpus_per_node")
+        if gpus is not None and gpus != hardware.devices_per_node:
+            refuse(
+                f"hydra.launcher.gpus_per_node={gpus} disagrees with hardware={hardware.name} "
+                f"({hardware.devices_per_node} per node): the hardware preset decides, not the launcher"
+            )
+        if not shutil.which("sbatch"):
+            refuse(f"launcher={launcher} submits to Slurm, but sbatch is not on this machine's PATH")
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+        if ping.returncode != 0 or "UP" not in ping.stdout:
+            refuse(f"launcher={launcher}: Slurm's controller does not answer ({(ping.stdout or ping.stderr).strip()})")
 
     @staticmethod
     def check(path: Path) -> None:
