@@ -156,6 +156,7 @@ def test_bad_sweeps_are_refused_in_one_line(run_cli, tmp_path, args, needle):
     result = run_cli("-m", *FAST, *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("trlm: error: ") and needle in result.stderr
+    assert not (sweep_dir(tmp_path) / "optuna.journal").exists()  # nothing half-written
 
 
 def test_a_study_of_another_space_or_direction_is_refused(run_cli, tmp_path):

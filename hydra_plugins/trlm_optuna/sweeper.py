@@ -114,6 +114,8 @@ class TrlmOptunaSweeper(Sweeper):
                 "hydra.sweeper.n_jobs > 1 needs a launcher that runs trials as processes: add "
                 "hydra/launcher=submitit_local (the sweep presets do), or submitit_slurm on a cluster"
             )
+        self.space, self.fixed = space, [*fixed, *self.share_of_cores(launcher_kind)]
+        self.preflight()  # before the study exists: a refused sweep leaves nothing behind
         storage = open_storage(self.conf.storage, self.sweep_dir, parallel=self.conf.n_jobs > 1)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
@@ -124,9 +126,7 @@ class TrlmOptunaSweeper(Sweeper):
             direction=direction,
             load_if_exists=True,
         )
-        self.study, self.space = study, space
-        self.fixed = [*fixed, *self.share_of_cores(launcher_kind)]
-        self.preflight()
+        self.study = study
         if self.check_compatible(study, describe_space(space), direction):
             for params in self.conf.enqueue_trials:
                 study.enqueue_trial(OmegaConf.to_container(params), skip_if_exists=True)
