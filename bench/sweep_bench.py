@@ -5,7 +5,7 @@
 2. Pruning on vs off: the same trial sequence (a seeded random sampler, so pruning cannot change
    what is asked), the best trial each finds and the training steps all trials took.
 
-Run: `make bench-sweep` (about 10 minutes here). Writes docs/bench/sweep.json and prints a table.
+Run: `make bench-sweep` (about 12 minutes here). Writes docs/bench/sweep.json and prints a table.
 Nothing else may use the cores meanwhile: the figures are wall times.
 """
 
@@ -62,7 +62,7 @@ def asynchronous_vs_batches(work: Path) -> dict:
 
 
 def pruning_on_vs_off(work: Path) -> dict:
-    common = ["hydra.sweeper.n_trials=8", "hydra.sweeper.sampler={_target_:optuna.samplers.RandomSampler,seed:3}",
+    common = ["hydra.sweeper.n_trials=12", "hydra.sweeper.sampler={_target_:optuna.samplers.RandomSampler,seed:3}",
               "stage.recipe.max_steps=100", "stage.recipe.learning_rate=tag(log,interval(1e-5,3e-3))",
               "hydra.sweeper.report_every=10"]  # fmt: skip
     runs = {}

@@ -107,7 +107,7 @@ def test_help_introduces_trlm_and_its_first_commands(run_cli):
 def test_the_trlm_command(tmp_path):
     trlm = [sys.executable, "-m", "trlm.cli"]
     helped = subprocess.run([*trlm, "--help"], capture_output=True, text=True)
-    assert helped.returncode == 0 and "trlm results DIR" in helped.stdout
+    assert helped.returncode == 0 and all(f"trlm {name}" in helped.stdout for name in ("train", "results", "sweep"))
     missing = subprocess.run([*trlm, "results", str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode == 2 and f"{tmp_path / 'nope'} does not exist" in missing.stderr
 
