@@ -1,4 +1,5 @@
-"""Command-line doors: `python train.py` / `trlm train`, `trlm prepare` (Hydra), `trlm results DIR`.
+"""Command-line doors: `python train.py` / `trlm train` and `trlm prepare` (Hydra), `trlm pipeline`,
+`trlm results DIR`, `trlm sweep DIR`.
 
 This module stays light (no torch / TRL import) so that config errors come back at once.
 
