@@ -41,7 +41,8 @@ class PreemptionCheckpoint(TrainerCallback):
         self.stopped = False
         self.previous: Any = None
         in_main_thread = threading.current_thread() is threading.main_thread()
-        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and in_main_thread:
+        self.enabled = os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and in_main_thread
+        if self.enabled:
             self.signal = requeue_signal()
             self.previous = signal.signal(self.signal, self._flag)
 
@@ -50,6 +51,8 @@ class PreemptionCheckpoint(TrainerCallback):
         self.signalled = True
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if not self.enabled:  # no handler installed: nothing to agree on, no collective per step
+            return
         stop = broadcast_from_main(self.signalled) if world_size() > 1 else self.signalled
         if stop:
             self.stopped = True
