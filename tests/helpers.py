@@ -23,6 +23,14 @@ def stage(think: bool) -> StageConfig:
     return OmegaConf.structured(StageConfig(name="s", trainer="sft", think_tokens=think, system_prompt="Sys."))
 
 
+def assert_one_line_refusal(result, needle: str) -> None:
+    """A command refused the trlm way: exit 2, no traceback, the last line `trlm: error: …` naming it."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("trlm: error: ")
+
+
 def finish_run(run_dir: Path, metrics: dict[str, float] | None = None, step: int = 10, stage_name: str = "sft") -> None:
     """A run directory that looks finished: a final model config and a completed summary."""
     (run_dir / "final").mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers import QUICK
+from tests.helpers import QUICK, assert_one_line_refusal
 from trlm.paths import PROJECT_ROOT
 from trlm.records import Summary
 
@@ -23,10 +23,7 @@ def snapshot(root):
 
 
 def assert_refused(result, root, needle, before=None):
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert needle in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("trlm: error: ")
+    assert_one_line_refusal(result, needle)
     assert snapshot(root) == (before or {})  # nothing written: no run directory, no .hydra/, no log
 
 

@@ -14,6 +14,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
+from tests.helpers import assert_one_line_refusal
 from trlm.paths import PROJECT_ROOT
 from trlm.records import RunRecord, Summary
 from trlm.study import RESULTS, TRIALS, open_storage
@@ -154,8 +155,7 @@ def test_two_workers_share_one_study(tmp_path):
 )
 def test_bad_sweeps_are_refused_in_one_line(run_cli, tmp_path, args, needle):
     result = run_cli("-m", *FAST, *args)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("trlm: error: ") and needle in result.stderr
+    assert_one_line_refusal(result, needle)
     assert not (sweep_dir(tmp_path) / "optuna.journal").exists()  # nothing half-written
 
 

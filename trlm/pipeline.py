@@ -80,7 +80,7 @@ def submit_to_slurm(stages: list[str], overrides: list[str]) -> int:
     submitted = []
     for stage in stages:
         cfg = compose_stage(overrides, stage)
-        if layout_finished(cfg):
+        if stage_finished(cfg):
             print(f"pipeline: {stage} already finished, skipped")
             continue
         executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm")
@@ -105,8 +105,8 @@ def submit_to_slurm(stages: list[str], overrides: list[str]) -> int:
     return 0
 
 
-def layout_finished(cfg: DictConfig) -> bool:
-    from trlm.run_dir import is_finished
+def stage_finished(cfg: DictConfig) -> bool:
+    from trlm.run_dir import is_finished  # transformers: only where the Slurm path needs it
 
     return is_finished(layout.run_dir(cfg.paths.output_root, cfg.run.name, cfg.stage.name))
 

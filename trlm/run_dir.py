@@ -77,9 +77,10 @@ def latest_complete_checkpoint(checkpoints: Path, clean: bool = True) -> Path | 
     for path in found:
         if is_complete_checkpoint(path):
             return path
-        log.warning("skipping incomplete checkpoint %s (cut short while saving)", path)
-        if clean and is_main_process():
-            shutil.rmtree(path, ignore_errors=True)
+        if clean:  # the resume acting on it says so; a mere look (has_progress) stays quiet
+            log.warning("skipping incomplete checkpoint %s (cut short while saving)", path)
+            if is_main_process():
+                shutil.rmtree(path, ignore_errors=True)
     return None
 
 

@@ -33,19 +33,28 @@ JOURNAL = "optuna.journal"
 RESULTS, TRIALS = "optimization_results.yaml", "trials.csv"
 
 
-def open_storage(storage: str | None, sweep_dir: Path, parallel: bool) -> Any:
+def is_url(storage: str | None) -> bool:
+    return bool(storage) and "://" in storage
+
+
+def journal_path(storage: str | None, sweep_dir: Path | None) -> Path:
+    """The journal file: the given path, else the one in the sweep directory."""
+    return Path(storage) if storage else sweep_dir / JOURNAL
+
+
+def open_storage(storage: str | None, sweep_dir: Path | None, parallel: bool) -> Any:
     """The study's storage: a journal file (default: in the sweep dir) or an RDB URL."""
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-    if storage and "://" in storage:
+    if is_url(storage):
         if storage.startswith("sqlite") and parallel:
             raise TrlmError(
                 f"storage {storage}: SQLite locks up under parallel writers (Optuna's FAQ); use the default "
                 f"journal file (leave hydra.sweeper.storage unset) or a server database URL"
             )
         return RDBStorage(storage)
-    path = Path(storage) if storage else sweep_dir / JOURNAL
+    path = journal_path(storage, sweep_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
@@ -56,7 +65,7 @@ def open_storage(storage: str | None, sweep_dir: Path, parallel: bool) -> Any:
 
 def storage_url(storage: str | None, sweep_dir: Path) -> str:
     """What a job is told to open: the RDB URL, or the journal file's path."""
-    return storage if storage and "://" in storage else str(Path(storage) if storage else sweep_dir / JOURNAL)
+    return storage if is_url(storage) else str(journal_path(storage, sweep_dir))
 
 
 def distribution(key: str, expression: str) -> BaseDistribution:
