@@ -84,12 +84,33 @@ class CommandChecks(Callback):
         ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
         if ping.returncode != 0 or "UP" not in ping.stdout:
             refuse(f"launcher={launcher}: Slurm's controller does not answer ({(ping.stdout or ping.stderr).strip()})")
+        # Slurm itself judges the request (partition, account, nodes, GPUs, time) before any job or study exists
+        test = subprocess.run(["sbatch", "--test-only", *sbatch_request(config.hydra.launcher), "--wrap=true"],
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        if test.returncode != 0:
+            refusal = "; ".join(line.strip() for line in test.stderr.splitlines() if line.strip())
+            refuse(f"launcher={launcher}: Slurm refuses this job: {refusal}")
 
     @staticmethod
     def check(path: Path) -> None:
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             refuse(f"cannot create {path}: {existing} is not a writable folder; set paths.output_root")
+
+
+def sbatch_request(launcher: DictConfig) -> list[str]:
+    """The resource options of the launcher's sbatch script, for `sbatch --test-only`."""
+    options = {
+        "partition": launcher.get("partition"),
+        "account": launcher.get("account"),
+        "nodes": launcher.get("nodes"),
+        "ntasks-per-node": launcher.get("tasks_per_node"),
+        "gpus-per-node": launcher.get("gpus_per_node"),
+        "cpus-per-task": launcher.get("cpus_per_task"),
+        "mem-per-gpu": launcher.get("mem_per_gpu"),
+        "time": launcher.get("timeout_min"),
+    }
+    return [f"--{key}={value}" for key, value in options.items() if value is not None]
 
 
 def check_blend_choice(args: list[str]) -> None:
