@@ -119,5 +119,8 @@ def test_a_launcher_that_disagrees_with_the_hardware_preset(run_cli):
 def test_a_partition_slurm_does_not_have_is_slurms_own_refusal_in_one_line(run_cli, tmp_path):
     result = run_cli("-m", *QUICK, "launcher=local_slurm", "hydra.launcher.partition=nope")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "launcher=local_slurm: Slurm refuses this job: sbatch: error: invalid partition specified: nope" in result.stderr
+    assert (
+        "launcher=local_slurm: Slurm refuses this job: sbatch: error: invalid partition specified: nope"
+        in result.stderr
+    )
     assert not (tmp_path / "outputs").exists()  # refused before a job, a study or a folder

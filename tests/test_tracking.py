@@ -9,6 +9,8 @@ import pytest
 
 from trlm import tracking
 from trlm.errors import TrlmError
+from trlm.records import read_jsonl
+from trlm.wandb_offline import read_runs
 
 DUMMY_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, as a real key
 
@@ -21,7 +23,16 @@ def test_none_reports_nowhere(compose_cfg, monkeypatch, tmp_path):
 
 
 def test_wandb_groups_stages_of_one_experiment(compose_cfg, monkeypatch, tmp_path):
-    for key in ("WANDB_PROJECT", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_MODE", "WANDB_ENTITY", "WANDB_DIR"):
+    for key in (
+        "WANDB_PROJECT",
+        "WANDB_RUN_GROUP",
+        "WANDB_TAGS",
+        "WANDB_MODE",
+        "WANDB_ENTITY",
+        "WANDB_DIR",
+        "WANDB_RUN_ID",
+        "WANDB_RESUME",
+    ):
         monkeypatch.delenv(key, raising=False)
     cfg = compose_cfg("tracking=wandb", "experiment=demo", "stage=dpo", "tracking.mode=offline")
     tracking.configure(cfg, tmp_path)
@@ -29,6 +40,12 @@ def test_wandb_groups_stages_of_one_experiment(compose_cfg, monkeypatch, tmp_pat
     assert os.environ["WANDB_PROJECT"] == "trlm" and os.environ["WANDB_RUN_GROUP"] == "demo"
     assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_TAGS"].startswith("dpo,cpu")
     assert "WANDB_ENTITY" not in os.environ and os.environ["WANDB_DIR"] == str(tmp_path)
+    run_id = os.environ["WANDB_RUN_ID"]
+    tracking.configure(cfg, tmp_path)  # a resume of the same run directory: the same W&B run
+    assert os.environ["WANDB_RUN_ID"] == run_id and os.environ["WANDB_RESUME"] == "allow"
+    (tmp_path / "other").mkdir()
+    tracking.configure(cfg, tmp_path / "other")
+    assert os.environ["WANDB_RUN_ID"] != run_id
 
 
 @pytest.mark.parametrize(("env", "setting", "expected"), [
@@ -72,8 +89,12 @@ def test_wandb_mode_offline_from_the_environment_is_honoured(run_cli, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert time.monotonic() - started < 90  # no online attempt, no retries
     run_dir = tmp_path / "outputs" / "demo" / "sft"
-    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline_runs) == 1 and (run_dir / "summary.json").exists()
+    (offline,) = read_runs(run_dir)  # read back from W&B's own files
+    assert offline.run_id == (run_dir / tracking.RUN_ID).read_text().strip()  # kept for a resume
+    logged_here = [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl") if "loss" in row]
+    assert logged_here and [row["train/global_step"] for row in offline.history if "train/loss" in row] == logged_here
+    assert offline.config["learning_rate"] == pytest.approx(2e-3) and offline.config["max_steps"] == 2
+    assert "train/loss" in offline.summary and (run_dir / "summary.json").exists()
     logged = (run_dir / "train.log").read_text() + result.stdout + result.stderr
     assert DUMMY_KEY not in logged and DUMMY_KEY not in (run_dir / ".hydra" / "config.yaml").read_text()
 

@@ -21,6 +21,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from trlm.distributed import broadcast_from_main, is_main_process, world_size
+from trlm.errors import TrlmError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class PreemptionCheckpoint(TrainerCallback):
     def __init__(self) -> None:
         self.signalled = False
         self.stopped = False
+        self.checkpoint = ""
         self.previous: Any = None
         in_main_thread = threading.current_thread() is threading.main_thread()
         self.enabled = os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and in_main_thread
@@ -56,6 +58,7 @@ class PreemptionCheckpoint(TrainerCallback):
         stop = broadcast_from_main(self.signalled) if world_size() > 1 else self.signalled
         if stop:
             self.stopped = True
+            self.checkpoint = f"{args.output_dir}/checkpoint-{state.global_step}"
             control.should_save = True
             control.should_training_stop = True
 
@@ -66,5 +69,14 @@ class PreemptionCheckpoint(TrainerCallback):
         log.warning("checkpoint saved; handing over to submitit to requeue the job")
         signal.signal(self.signal, self.previous)
         if is_main_process() and callable(self.previous):
-            self.previous(self.signal, None)  # submitit: checkpoint the call, requeue, exit
+            from submitit.core.utils import UncompletedJobError
+
+            try:
+                self.previous(self.signal, None)  # submitit: checkpoint the call, requeue, exit
+            except UncompletedJobError as refusal:  # a time-out beyond the launcher's max_num_timeout
+                raise TrlmError(
+                    f"the job timed out once more than hydra.launcher.max_num_timeout allows, so it is not "
+                    f"requeued ({refusal}); {self.checkpoint} is complete: run the same command again to "
+                    f"resume from it"
+                ) from None
         raise Preempted(0)

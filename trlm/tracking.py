@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import netrc
 import os
+import secrets
 import socket
+import string
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
 from omegaconf import DictConfig
 
+from trlm.distributed import is_main_process
 from trlm.errors import TrlmError
+from trlm.fsutil import atomic_write_text
 
 DEFAULT_SERVER = "https://api.wandb.ai"
+RUN_ID = "wandb-run-id"
 
 
 def enabled(cfg: DictConfig) -> bool:
@@ -77,7 +82,19 @@ def configure(cfg: DictConfig, run_dir: Path) -> None:
         "WANDB_RUN_GROUP": f"{cfg.run.name}/{cfg.run.sweep}" if cfg.run.trial is not None else cfg.run.name,
         "WANDB_TAGS": ",".join([cfg.stage.name, cfg.hardware.name, *cfg.tracking.tags]),
     }
+    if is_main_process():  # the rank that reports: the same W&B run across requeues and resumes
+        settings.update(WANDB_RUN_ID=run_id(run_dir), WANDB_RESUME="allow")
     os.environ.update({key: str(value) for key, value in settings.items() if value is not None})
+
+
+def run_id(run_dir: Path) -> str:
+    """The W&B run id of this run directory: made once, kept in the directory, reused on resume."""
+    path = run_dir / RUN_ID
+    if path.exists():
+        return path.read_text().strip()
+    alphabet = string.ascii_lowercase + string.digits  # W&B's own id alphabet and length
+    atomic_write_text(path, "".join(secrets.choice(alphabet) for _ in range(8)) + "\n")
+    return path.read_text().strip()
 
 
 def finish() -> None:

@@ -24,11 +24,13 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
+from hydra.errors import CompactHydraException
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hydra_plugins.trlm_submitit.launcher import what_went_wrong
 from trlm import layout
 from trlm.errors import TrlmError
 
@@ -42,12 +44,6 @@ class Outcome:
     value: float | None = None
     pruned: bool = False
     error: str | None = None
-
-
-def last_line(message: str) -> str:
-    """The line that says what went wrong (a job's trace ends with it)."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else message
 
 
 def low_end(dist: Any) -> Any:
@@ -170,7 +166,7 @@ class TrlmOptunaSweeper(Sweeper):
         try:
             trial_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, self.trial_overrides(0, sample))
         except Exception as error:  # Hydra's composition errors name the key
-            raise TrlmError(f"a trial's config does not compose: {last_line(str(error))}") from None
+            raise TrlmError(f"a trial's config does not compose: {what_went_wrong(str(error))}") from None
         with open_dict(trial_cfg):
             del trial_cfg["hydra"]
         check_config(trial_cfg)
@@ -247,7 +243,8 @@ class TrlmOptunaSweeper(Sweeper):
         except BaseException as error:  # a killed job surfaces as submitit's UncompletedJobError
             if isinstance(error, KeyboardInterrupt):
                 raise
-            return Outcome(number, error=last_line(f"{type(error).__name__}: {error}"))
+            said = str(error) if isinstance(error, CompactHydraException) else f"{type(error).__name__}: {error}"
+            return Outcome(number, error=what_went_wrong(said))
         summary = Summary.load(self.sweep_dir / layout.trial_name(number) / SUMMARY)
         return Outcome(number, float(value), pruned=bool(summary and summary.pruned))
 

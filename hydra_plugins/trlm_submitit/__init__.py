@@ -1,0 +1,1 @@
+"""hydra-submitit-launcher's launchers, with a failed job reported in one line."""
