@@ -66,35 +66,51 @@ def test_a_cluster_launcher_without_multirun_is_refused(run_cli, tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-@requires_cluster
-def test_a_preempted_job_requeues_and_resumes_without_losing_or_repeating_a_step(tmp_path):
-    """`scancel --signal=USR2` mid-training: a checkpoint at that step (the only one: save_steps is
-    larger than the run), a requeue, a resume; every optimizer step logged exactly once."""
-    import json
+def start_and_signal(tmp_path, run_dir_glob: str, *overrides: str, after_steps: int = 10):
+    """Starts `python train.py -m ... launcher=local_slurm`, waits until its job logged `after_steps`
+    optimizer steps, sends the job `scancel --signal=USR2` (as Slurm does before a time limit or a
+    preemption); returns the command's exit code, stderr and the job id."""
     import os
     import sys
     import time
 
     from trlm.paths import PROJECT_ROOT
 
-    command = [sys.executable, str(PROJECT_ROOT / "train.py"), "-m", f"paths.output_root={tmp_path / 'outputs'}",
-               *QUICK, "stage=sft", "launcher=local_slurm", "stage.recipe.max_steps=60",
-               "stage.recipe.save_steps=1000", "stage.evaluation.generate=false"]  # fmt: skip
-    sweep = tmp_path / "outputs" / "demo" / "sweeps" / "multirun" / "sft"
-    sweeper = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    outputs = tmp_path / "outputs"
+    command = [sys.executable, str(PROJECT_ROOT / "train.py"), "-m", f"paths.output_root={outputs}", *QUICK,
+               "stage=sft", "launcher=local_slurm", "stage.recipe.max_steps=60", "stage.recipe.save_steps=1000",
+               "stage.evaluation.generate=false", *overrides]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    sweeper = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def logged_steps() -> int:
-        files = list(sweep.glob("*/metrics.jsonl"))
+        files = list(outputs.glob(run_dir_glob + "/metrics.jsonl"))
         return len(files[0].read_text().splitlines()) if files else 0
 
     deadline = time.monotonic() + 300
-    while logged_steps() < 10 and time.monotonic() < deadline:
+    while logged_steps() < after_steps and time.monotonic() < deadline:
         time.sleep(0.2)
-    (job,) = [p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]
+    (job,) = [p.name for p in outputs.glob(run_dir_glob.rsplit("/", 1)[0] + "/.submitit/*") if p.name.isdigit()]
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    assert sweeper.wait(timeout=600) == 0
-    (trial,) = trial_dirs(sweep)
+    _, stderr = sweeper.communicate(timeout=600)
+    return sweeper.returncode, stderr, job
+
+
+@requires_cluster
+def test_a_preempted_trial_requeues_and_resumes_as_the_same_trial_losing_and_repeating_no_step(tmp_path):
+    """A sweep trial signalled mid-training: a checkpoint at that step (the only one: save_steps is
+    larger than the run), a requeue of the same job, a resume in the same directory as the same Optuna
+    trial and the same W&B run; every optimizer step logged exactly once, in W&B too."""
+    import json
+
+    from trlm import tracking
+    from trlm.wandb_offline import read_runs
+
+    code, stderr, job = start_and_signal(tmp_path, "demo/sweeps/lr/sft/0", "sweep=lr", "hydra.sweeper.n_trials=1",
+                                         "hydra.sweeper.pruner=null", "tracking=wandb")  # fmt: skip
+    assert code == 0, stderr[-3000:]
+    sweep = tmp_path / "outputs" / "demo" / "sweeps" / "lr" / "sft"
+    trial = sweep / "0"
     rows = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == list(range(1, 61))
     log = (trial / "train.log").read_text()
@@ -102,6 +118,26 @@ def test_a_preempted_job_requeues_and_resumes_without_losing_or_repeating_a_step
     assert Summary.load(trial / "summary.json").global_step == 60
     states = subprocess.run(["sacct", "-j", job, "-X", "-n", "-D", "-o", "State"], capture_output=True, text=True)
     assert "REQUEUED" in states.stdout or "PREEMPTED" in states.stdout  # the same job id ran twice
+    assert [line.split(",")[:2] for line in (sweep / "trials.csv").read_text().splitlines()[1:]] == [["0", "COMPLETE"]]
+    first, resumed = read_runs(trial)  # W&B offline writes a second local directory for the resumed run
+    assert first.run_id == resumed.run_id == (trial / tracking.RUN_ID).read_text().strip()
+    steps = [[row["train/global_step"] for row in run.history if "train/loss" in row] for run in (first, resumed)]
+    assert steps[0] + steps[1] == list(range(1, 61)) and steps[1][0] == steps[0][-1] + 1  # continues, no repeat
+
+
+@requires_cluster
+def test_a_spent_requeue_budget_ends_the_job_in_one_line_naming_its_checkpoint(tmp_path):
+    """With a one-minute limit every signal counts as a time-out (submitit's rule: past 80 % of the limit
+    or within 10 minutes of it), and max_num_timeout=0 allows no requeue."""
+    code, stderr, _ = start_and_signal(tmp_path, "demo/sweeps/multirun/sft/*", "hydra.launcher.timeout_min=1",
+                                       "hydra.launcher.max_num_timeout=0", after_steps=3)  # fmt: skip
+    assert code == 1 and "Traceback" not in stderr
+    (line,) = [line for line in stderr.splitlines() if "jobs failed" in line]
+    assert "timed out once more than hydra.launcher.max_num_timeout allows" in line
+    (trial,) = trial_dirs(tmp_path / "outputs" / "demo" / "sweeps" / "multirun" / "sft")
+    checkpoint = line.split("; ")[1].split(" is complete")[0]
+    assert (trial / "checkpoints") in __import__("pathlib").Path(checkpoint).parents
+    assert not (trial / "summary.json").exists()
 
 
 def test_slurm_out_of_reach_is_one_line(run_cli, tmp_path):

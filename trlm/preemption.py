@@ -20,6 +20,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from trlm import tracking
 from trlm.distributed import broadcast_from_main, is_main_process, world_size
 from trlm.errors import TrlmError
 
@@ -67,6 +68,7 @@ class PreemptionCheckpoint(TrainerCallback):
         if not self.stopped:
             return
         log.warning("checkpoint saved; handing over to submitit to requeue the job")
+        tracking.finish()  # now: the requeue stops the job's processes, W&B's service among them
         signal.signal(self.signal, self.previous)
         if is_main_process() and callable(self.previous):
             from submitit.core.utils import UncompletedJobError

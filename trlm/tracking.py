@@ -7,6 +7,7 @@ machine without network fails in seconds with what to do, rather than after W&B'
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 import secrets
@@ -22,6 +23,7 @@ from trlm.distributed import is_main_process
 from trlm.errors import TrlmError
 from trlm.fsutil import atomic_write_text
 
+log = logging.getLogger(__name__)
 DEFAULT_SERVER = "https://api.wandb.ai"
 RUN_ID = "wandb-run-id"
 
@@ -101,4 +103,7 @@ def finish() -> None:
     """Closes the W&B run so the next job of a multirun starts its own instead of merging into it."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.finish()
+        try:
+            wandb.finish()
+        except Exception as error:  # W&B's service gone (a killed job): the job's own outcome stands
+            log.warning("W&B could not close its run (%s: %s)", type(error).__name__, error)

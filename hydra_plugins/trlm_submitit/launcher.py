@@ -1,15 +1,17 @@
 """hydra-submitit-launcher's Slurm and local launchers, unchanged but for how a failed job is reported.
 
 submitit re-raises a job's failure in the launching process with the job's whole trace, and Hydra
-prints that with its own. Here it becomes one line (Hydra prints a `CompactHydraException` alone):
-what the job raised and where its log is. The conf/launcher presets point `_target_` here.
+prints that with its own; a job that raised comes back FAILED and Hydra prints its trace. Here
+either becomes one line (Hydra prints a `CompactHydraException` alone): what the job raised, and
+where to look. The conf/launcher presets point `_target_` here.
 """
 
 from collections.abc import Sequence
 
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+from trlm.errors import TrlmError
 
 RULE = "-" * 22  # submitit puts a failed job's trace between two of these
 
@@ -37,14 +39,29 @@ def one_line(error: BaseException) -> str:
     return f"trlm: a job failed: {what_went_wrong(message)}" + (f" (its log: {where})" if where else "")
 
 
+def failed_return(job: JobReturn) -> str:
+    error = job._return_value
+    overrides = " ".join(o for o in job.overrides or () if not o.startswith("hydra."))
+    said = f"[{overrides}] {type(error).__name__}: {error}"
+    if isinstance(error, TrlmError) or job.hydra_cfg is None:  # trlm's own errors say what to do
+        return said
+    return f"{said} (its run directory: {job.hydra_cfg.hydra.runtime.output_dir})"
+
+
 class OneLineFailures:
+    """A job that raised (Hydra returns it FAILED) or died (submitit raises): one line, after all ran."""
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
         try:
-            return super().launch(job_overrides, initial_job_idx)  # type: ignore[misc]
+            jobs = super().launch(job_overrides, initial_job_idx)  # type: ignore[misc]
         except (FailedJobError, UncompletedJobError) as failure:
             raise JobFailed(one_line(failure)) from None
+        failed = [failed_return(job) for job in jobs if job.status == JobStatus.FAILED]
+        if failed:
+            raise JobFailed(f"trlm: {len(failed)} of {len(jobs)} jobs failed: " + "; ".join(failed))
+        return jobs
 
 
 class SlurmLauncher(OneLineFailures, submitit_launcher.SlurmLauncher):
