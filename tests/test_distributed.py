@@ -31,3 +31,12 @@ def test_two_ranks_on_a_fresh_output_root(run_cli, tmp_path):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3, 4]  # one writer: no step logged twice
     assert len(list((tmp_path / "outputs" / "blends").glob("trlm-demo-sft-*[!k]"))) == 1
+    assert len(set(final_weights(output).values())) == 1  # DDP: both ranks end with the same weights
+
+
+def final_weights(log: str) -> dict[int, str]:
+    """{rank: digest} from each rank's `rank r/w: final weights sha256 <digest>` line."""
+    lines = [line.split("rank ", 1)[1] for line in log.splitlines() if "final weights sha256" in line]
+    weights = {int(line.split("/")[0]): line.split()[-1] for line in lines}
+    assert len(weights) == int(lines[0].split("/")[1].split(":")[0])  # every rank said it
+    return weights

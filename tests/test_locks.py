@@ -36,6 +36,24 @@ def test_a_lock_held_on_another_host_is_trusted(tmp_path):
         pass
 
 
+@pytest.mark.parametrize(("restart_then", "restart_now", "taken_over"), [(0, 1, True), (1, 1, False)])
+def test_a_lock_of_the_same_slurm_job_is_stale_only_from_before_a_requeue(
+    tmp_path, monkeypatch, restart_then, restart_now, taken_over
+):
+    """The same job id held it: before a requeue (a lower restart count) that run is gone; in the same
+    run it is another task of this job, on another node (a pid here says nothing about it)."""
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", str(restart_now))
+    holder = {"host": "n2", "pid": 1, "since": time.time(), "slurm_job_id": "42", "slurm_restart": restart_then}
+    (tmp_path / ".lock").write_text(json.dumps(holder))
+    if taken_over:
+        with FileLock(tmp_path / ".lock", "x").hold():
+            assert json.loads((tmp_path / ".lock").read_text())["slurm_restart"] == restart_now
+    else:
+        with pytest.raises(LockHeld, match="pid 1 on n2"), FileLock(tmp_path / ".lock", "x").hold():
+            pass
+
+
 def test_waiting_holders_take_turns(tmp_path):
     order: list[str] = []
 

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from tests.helpers import QUICK, requires_cluster
+from tests.test_distributed import final_weights
 from trlm.records import RunRecord, Summary
 
 pytestmark = pytest.mark.slow
@@ -32,17 +33,50 @@ def test_a_stage_through_slurm_matches_the_same_stage_run_here(run_cli, tmp_path
 
 
 @requires_cluster
-def test_two_ranks_as_two_slurm_tasks(run_cli, tmp_path):
-    result = run_cli("-m", *QUICK, "stage=sft", "launcher=local_slurm", "hardware.devices_per_node=2",
+@pytest.mark.parametrize("layout", ["hardware.devices_per_node=2", "hardware.num_nodes=2"], ids=["1x2", "2x1"])
+def test_two_ranks_as_two_slurm_tasks_on_one_node_or_two(run_cli, tmp_path, layout):
+    """DDP over gloo from Slurm's environment alone (submitit -> RANK, MASTER_ADDR of the job's first node)."""
+    result = run_cli("-m", *QUICK, "stage=sft", "launcher=local_slurm", layout,
                      "stage.recipe.per_device_train_batch_size=8")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (trial,) = trial_dirs(tmp_path / "outputs" / "demo" / "sweeps" / "multirun" / "sft")
     record = RunRecord.load(trial / "run.json")
     assert record.world_size == 2 and record.global_batch == 16 and record.slurm_job_id
     logs = "".join(p.read_text() for p in trial.parent.glob(".submitit/*/*_log.*"))
-    assert "rank 0/2" in logs and "rank 1/2" in logs  # ranks from Slurm through submitit
+    ranks = [line.split("rank ", 1)[1] for line in logs.splitlines() if "master n1:" in line]
+    assert sorted(r.split(" on ")[0] for r in ranks) == ["0/2", "1/2"]  # each task found its rank
+    nodes = {r.split(" on ")[1].split()[0] for r in ranks}
+    assert nodes == ({"n1", "n2"} if "num_nodes" in layout else {"n1"})
     assert logs.count("blend trlm-demo-sft: preparing") <= 1  # rank 0 prepared; rank 1 waited
+    assert len(set(final_weights(logs).values())) == 1
     assert Summary.load(trial / "summary.json").global_step == 4
+
+
+@requires_cluster
+def test_a_sweep_on_the_mi300x_preset_packs_one_trial_per_gpu_eight_per_node(run_cli, tmp_path):
+    """10 single-GPU trials on two 8-GPU nodes: all at once, each on its own GPU, at most 8 on a node.
+    The production preset against the dev cluster (local_slurm = mi300x + what a 2-core box gives)."""
+    trials = 10
+    result = run_cli("-m", "experiment=demo", "stage=sft", "sweep=lr", "launcher=local_slurm", "hardware=mi300x",
+                     "hardware.accelerator=cpu", "hardware.precision=fp32", "hardware.optim=adamw_torch",
+                     "hardware.dataloader_num_workers=0", f"hydra.sweeper.n_trials={trials}",
+                     f"hydra.sweeper.n_jobs={trials}", "hydra.sweeper.pruner=null", "stage.recipe.max_steps=1",
+                     "stage.evaluation.generate=false")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "outputs" / "demo" / "sweeps" / "lr" / "sft"
+    records = [RunRecord.load(sweep / str(n) / "run.json") for n in range(trials)]
+    assert {r.hardware for r in records} == {"mi300x"}
+    gpus = [(r.slurm_node, r.devices) for r in records]
+    assert all(devices is not None and "," not in devices for _, devices in gpus)  # one GPU each
+    assert len(set(gpus)) == trials  # all ran at once (below), so no two shared a GPU
+    jobs = ",".join(r.slurm_job_id for r in records)
+    accounting = subprocess.run(["sacct", "-j", jobs, "-X", "-n", "-P", "-o", "NodeList,Start,End"],
+                                capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    spans = [(node, start, end) for node, start, end in (row.split("|") for row in accounting)]
+    latest_start = max(start for _, start, _ in spans)
+    assert all(end >= latest_start for _, _, end in spans)  # every trial was running when the last started
+    per_node = {node: sum(1 for n, _, _ in spans if n == node) for node, _, _ in spans}
+    assert max(per_node.values()) <= 8 and sum(per_node.values()) == trials and len(per_node) == 2
 
 
 @requires_cluster

@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from trlm import tracking
 from trlm.config import register_configs
-from trlm.distributed import export_slurm_ranks, is_main_process
+from trlm.distributed import is_main_process, setup_slurm_task
 from trlm.errors import TrlmError
 from trlm.fsutil import remove_empty_dirs
 from trlm.layout import output_root, register_resolvers
@@ -132,7 +132,7 @@ def train(cfg: DictConfig) -> float:
     if not is_main_process():  # one voice per job: other ranks only warn
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        export_slurm_ranks()
+        setup_slurm_task(cfg.hardware.visible_devices_env)
         return import_run_stage(cfg)(cfg, run_dir, list(hydra_cfg.overrides.task))
     except TrlmError as error:
         if hydra_cfg.mode == RunMode.RUN:

@@ -56,6 +56,27 @@ def broadcast_from_main(value: T) -> T:
     return box[0]
 
 
+SLURM_DEVICE_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
+
+
+def bind_slurm_devices(keep: str | None) -> None:
+    """In a Slurm job, leave the GPUs Slurm bound in the one variable the platform reads (`keep`).
+
+    Slurm sets CUDA_VISIBLE_DEVICES, ROCR_VISIBLE_DEVICES and GPU_DEVICE_ORDINAL to the same physical
+    ids. The runtimes filter in layers (ROCm: ROCR first, then HIP/CUDA indexes into what remains),
+    so two of them set to ids other than 0..n-1 hide every device: only `keep` stays.
+    """
+    if keep is None or "SLURM_JOB_ID" not in os.environ or keep not in os.environ:
+        return
+    for name in SLURM_DEVICE_VARIABLES:
+        if name != keep:
+            os.environ.pop(name, None)
+
+
+def visible_devices() -> str | None:
+    return next((os.environ[v] for v in SLURM_DEVICE_VARIABLES if os.environ.get(v)), None)
+
+
 def export_slurm_ranks() -> None:
     """In a multi-task Slurm job started by submitit, set torch.distributed's variables from Slurm's.
 
@@ -65,14 +86,20 @@ def export_slurm_ranks() -> None:
     node's GPUs (the launcher asks gpus_per_node), so CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES
     are left as Slurm set them and LOCAL_RANK picks the device.
     """
-    if "LOCAL_RANK" in os.environ or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
-        return
-    if int(os.environ.get("SLURM_NTASKS", "1")) < 2:
+    if "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
         return
     from submitit.helpers import TorchDistributedEnvironment
 
-    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    visible = os.environ.get("ROCR_VISIBLE_DEVICES") or os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu"
-    log.warning("rank %d/%d on %s (local rank %d, devices %s), master %s:%d", env.rank, env.world_size,
-                os.environ.get("SLURMD_NODENAME", "?"), env.local_rank, visible, env.master_addr,
-                env.master_port)  # fmt: skip
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+def setup_slurm_task(visible_devices_env: str | None) -> None:
+    """A submitit Slurm task: ranks from Slurm, GPUs in one variable, and the mapping said by every rank."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return
+    export_slurm_ranks()
+    bind_slurm_devices(visible_devices_env)
+    log.warning("job %s: rank %d/%d on %s (local rank %d, devices %s), master %s:%s", os.environ.get("SLURM_JOB_ID"),
+                rank(), world_size(), os.environ.get("SLURMD_NODENAME", "?"), local_rank(),
+                visible_devices() or "none", os.environ.get("MASTER_ADDR", "-"),
+                os.environ.get("MASTER_PORT", "-"))  # fmt: skip

@@ -34,6 +34,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def slurm_restart() -> int:
+    """How many times Slurm requeued this job (0 in its first run, or outside Slurm)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+
+
 class LockHeld(TrlmError):
     pass
 
@@ -55,8 +60,8 @@ class FileLock:
             except FileNotFoundError:
                 return True
         job = os.environ.get("SLURM_JOB_ID")
-        if job and holder.get("slurm_job_id") == job:  # this job's earlier run, before its requeue
-            return True
+        if job and holder.get("slurm_job_id") == job:  # this job's earlier run, before its requeue,
+            return holder.get("slurm_restart", 0) < slurm_restart()  # not another task of this run
         return holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1)))
 
     def _try_acquire(self) -> bool:
@@ -71,7 +76,7 @@ class FileLock:
             return False
         with os.fdopen(fd, "w") as handle:
             holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "for": self.purpose,
-                      "slurm_job_id": os.environ.get("SLURM_JOB_ID")}  # fmt: skip
+                      "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "slurm_restart": slurm_restart()}  # fmt: skip
             json.dump(holder, handle)
         return True
 

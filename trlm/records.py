@@ -73,6 +73,8 @@ class RunRecord(JsonRecord):
     sweep: str | None = None
     trial: str | None = None
     slurm_job_id: str | None = None  # the Slurm job that did (or last resumed) the work
+    slurm_node: str | None = None  # rank 0's node in that job
+    devices: str | None = None  # the GPUs Slurm bound to rank 0's task (its *_VISIBLE_DEVICES)
 
 
 @dataclass

@@ -7,6 +7,7 @@ anything the user can fix; nothing is written to the run directory before the ch
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, se
 
 from trlm import tracking
 from trlm.data.blend import apply_length_policy, load_blend
-from trlm.distributed import broadcast_from_main, is_main_process, world_size
+from trlm.distributed import broadcast_from_main, is_main_process, rank, visible_devices, world_size
 from trlm.errors import TrlmError
 from trlm.evaluation import generation_eval
 from trlm.fingerprint import differences, fingerprint, fingerprint_parts, global_batch
@@ -66,6 +67,14 @@ def start_model_dir(cfg: DictConfig, start: StartPoint) -> str:
         return str(tiny_model_dir(cfg.model.tiny, project_path(cfg.paths.cache_dir)))
     revision = cfg.model.revision if start.kind == "base" else None
     return resolve_pretrained(start.source, revision)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def objective(metrics: dict[str, float], cfg: DictConfig) -> float:
@@ -179,8 +188,9 @@ class StageInputs:
 
 def prepare_inputs(cfg: DictConfig, start: StartPoint, args: TrainingArguments) -> StageInputs:
     # Making the args joined the process group (under torchrun / Slurm): rank 0 prepares the blend
-    # and builds the start model while the other ranks wait, then they reuse what it made.
-    with args.main_process_first(desc="preparing the blend and the start model"):
+    # and builds the start model while the other ranks wait, then they reuse what it made. Global
+    # rank 0, not one per node: the nodes share the output root.
+    with args.main_process_first(local=False, desc="preparing the blend and the start model"):
         source = start_model_dir(cfg, start)  # before the data: a missing model is the cheaper error
         blend, prepared = load_blend(cfg.data, project_path(cfg.paths.blends_dir))
     tokenizer = load_tokenizer(source, cfg.stage)
@@ -245,6 +255,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
             sweep=cfg.run.sweep if cfg.run.trial is not None else None,
             trial=cfg.run.trial,
             slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+            slurm_node=os.environ.get("SLURMD_NODENAME"),
+            devices=visible_devices(),
         ).save(run_dir / RUN_RECORD)
 
     tracking.configure(cfg, run_dir)
@@ -264,6 +276,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
         log.info("resuming from %s", checkpoint)
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     preemption.hand_over()  # stopped for a requeue: the requeued job finishes the run
+    if world_size() > 1:  # every rank says what it ends with: DDP keeps them equal
+        log.warning("rank %d/%d: final weights sha256 %s", rank(), world_size(), weights_digest(trainer.model))
 
     metrics.update({**last_logged(trainer.state.log_history), **train_output.metrics})
     metrics["train_loss"] = train_output.training_loss
