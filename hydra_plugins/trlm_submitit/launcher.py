@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+
 from trlm.errors import TrlmError
 
 RULE = "-" * 22  # submitit puts a failed job's trace between two of these
