@@ -6,9 +6,12 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from omegaconf import OmegaConf
 
+from hydra_plugins.trlm_submitit.launcher import sbatch_script
 from tests.helpers import QUICK, requires_cluster
 from tests.test_distributed import final_weights
+from trlm.plan import compose_multirun
 from trlm.records import RunRecord, Summary
 
 pytestmark = pytest.mark.slow
@@ -30,6 +33,10 @@ def test_a_stage_through_slurm_matches_the_same_stage_run_here(run_cli, tmp_path
     there = Summary.load(trial / "summary.json").metrics
     for key in ("train_loss", "eval_loss", "answer_accuracy"):
         assert there[key] == pytest.approx(here[key], rel=1e-4), key
+    (submitted,) = trial.parent.glob(".submitit/*/*_submission.sh")
+    cfg = compose_multirun([f"paths.output_root={tmp_path / 'slurm'}", *QUICK, "stage=sft", "launcher=local_slurm"])
+    planned = sbatch_script(OmegaConf.to_container(cfg.hydra.launcher, resolve=True))
+    assert planned == submitted.read_text()  # `trlm plan` prints the script Slurm got
 
 
 @requires_cluster

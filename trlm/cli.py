@@ -205,10 +205,18 @@ def pipeline(args: list[str]) -> int:
     return run_pipeline(args)
 
 
+def plan(args: list[str]) -> int:
+    from trlm.plan import print_plan
+
+    check_blend_choice(args)
+    return print_plan(args)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str, str]] = {  # name: (run, arguments, what it does)
     "train": (hydra_command(train), "[key=value ...]", "run a stage (same as `python train.py`; -m for a multirun)"),
     "prepare": (hydra_command(prepare), "data=<blend> [...]", "prepare a blend (conf/data/<experiment>/<stage>)"),
     "pipeline": (pipeline, "[key=value ...]", "the stages in order (a Slurm launcher: jobs chained afterok)"),
+    "plan": (plan, "[key=value ...]", "what a command would launch: jobs, GPUs, nodes, the sbatch script"),
     "results": (results, "DIR", "the figures of every finished run under DIR (e.g. outputs/demo)"),
     "sweep": (sweep, "DIR", "a study's trials, states, values, params and best (also while it runs)"),
 }

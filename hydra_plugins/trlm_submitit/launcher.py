@@ -7,10 +7,12 @@ where to look. The conf/launcher presets point `_target_` here.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+from omegaconf import OmegaConf
 
 from trlm.errors import TrlmError
 
@@ -67,6 +69,26 @@ class OneLineFailures:
 
 class SlurmLauncher(OneLineFailures, submitit_launcher.SlurmLauncher):
     pass
+
+
+def slurm_executor(launcher: dict[str, Any]) -> Any:
+    """The submitit executor hydra-submitit-launcher builds from `hydra.launcher` (same mapping as its
+    `launch`: `max_num_timeout` at init, queue-wide keys as they are, the rest with a `slurm_` prefix)."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    params = {key: value for key, value in launcher.items() if key != "_target_"}
+    executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
+                                     slurm_max_num_timeout=params.pop("max_num_timeout"))  # fmt: skip
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{key if key in shared else f"slurm_{key}": value for key, value in params.items()})
+    return executor
+
+
+def sbatch_script(launcher: dict[str, Any]) -> str:
+    """The sbatch script one job of this launcher is submitted with (submitit writes the same file)."""
+    slurm = slurm_executor(launcher)._executor
+    return slurm._make_submission_file_text(slurm._submitit_command_str, "plan")
 
 
 class LocalLauncher(OneLineFailures, submitit_launcher.LocalLauncher):

@@ -1,0 +1,43 @@
+"""`trlm plan`: what a command would launch, without launching it."""
+
+from __future__ import annotations
+
+import pytest
+
+from trlm.plan import compose_multirun, describe, print_plan
+
+
+def test_a_sweep_on_the_mi300x_preset_packs_eight_single_gpu_trials_on_a_node(capsys):
+    print_plan(["-m", "stage=dpo", "sweep=dpo_beta", "hardware=mi300x", "launcher=mi300x", "hydra.sweeper.n_jobs=8"])
+    out = capsys.readouterr().out
+    assert "sweep dpo_beta: 12 trial jobs, 8 at once" in out
+    assert "each job 1 node(s) x 1 task(s), 1 GPU(s); at most 8 GPUs on 1 node(s)" in out
+    for line in ("#SBATCH --gpus-per-node=1", "#SBATCH --ntasks-per-node=1", "#SBATCH --signal=USR2@120",
+                 "#SBATCH --job-name=report-dpo", "export HSA_XNACK=0", "-m submitit.core._submit"):  # fmt: skip
+        assert line in out
+
+
+def test_a_whole_node_run_asks_eight_tasks_and_eight_gpus(capsys):
+    print_plan(["stage=sft", "hardware=mi300x_node", "launcher=mi300x", "hydra.launcher.partition=gpu"])
+    out = capsys.readouterr().out
+    assert "#SBATCH --ntasks-per-node=8" in out and "#SBATCH --gpus-per-node=8" in out
+    assert "#SBATCH --partition=gpu" in out and "one job" in out
+
+
+def test_two_trials_of_a_node_each_need_two_nodes_at_once():
+    cfg = compose_multirun(["stage=sft", "sweep=lr", "hardware=mi300x_node", "launcher=mi300x",
+                            "hydra.sweeper.n_jobs=2"])  # fmt: skip
+    assert "at most 16 GPUs on 2 node(s)" in describe(cfg)[-1]
+
+
+def test_a_local_command_has_no_sbatch_script(capsys):
+    print_plan(["experiment=demo"])
+    out = capsys.readouterr().out
+    assert "stage sft of run demo" in out and "jobs run on this machine" in out and "#SBATCH" not in out
+
+
+def test_a_command_that_does_not_compose_is_one_line():
+    from trlm.errors import TrlmError
+
+    with pytest.raises(TrlmError, match="does not compose"):
+        compose_multirun(["hardware=nope"])
