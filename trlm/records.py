@@ -108,6 +108,7 @@ class BlendMetadata(JsonRecord):
     format: str
     files: list[str]
     sources: list[SourceCounts]
+    repaired: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceCounts) else SourceCounts(**s) for s in self.sources]

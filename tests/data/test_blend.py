@@ -52,6 +52,19 @@ def test_eval_sources_hold_rows_out_past_the_training_cap(blend_cfg, tmp_path):
     assert provenance["eval_sha256"] and provenance["eval_sha256"] != provenance["sha256"]
 
 
+def test_a_training_cap_filled_past_invalid_rows_never_shares_a_row_with_the_held_out_rows(blend_cfg, tmp_path):
+    rows = [smoltalk_row(i, think=False) for i in range(30)]
+    for i in (3, 7):  # two invalid rows in the training head: filling 20 valid rows reads rows 0..21
+        rows[i]["messages"] = rows[i]["messages"][:1]
+    write_jsonl(rows, tmp_path / "conv.jsonl")
+    source = str(tmp_path / "conv.jsonl")
+    cfg = blend_cfg(name="t", kind="conversation", sources=[{"name": source, "entries": 20}],
+                    eval_sources=[{"name": source, "skip": 20, "entries": 6}])  # fmt: skip
+    blend, _ = load_blend(cfg, tmp_path / "blends")
+    assert sorted(blend["train"]["_source_index"]) == [i for i in range(22) if i not in (3, 7)]
+    assert sorted(blend["eval"]["_source_index"]) == list(range(22, 26))  # 20 and 21 trained on: left out
+
+
 def test_a_malformed_json_line_is_a_counted_drop_named_by_file_and_line(blend_cfg, tmp_path, caplog):
     from trlm.data.prepare import prepare_blend
 

@@ -11,6 +11,7 @@ import trlm.data.prepare as prepare_module
 from trlm.data.blend import load_prepared
 from trlm.data.card import push_to_hub
 from trlm.data.prepare import CARD, METADATA, blend_dir, prepare_blend
+from trlm.data.schema import REPAIRS
 from trlm.errors import TrlmError
 from trlm.records import BlendMetadata
 
@@ -31,7 +32,13 @@ def preference_blend(blend_cfg, root, **fields):
 
 
 def expected_drops(injected: dict[int, str], limit: int | None = None) -> dict[str, int]:
-    return dict(Counter(reason for index, reason in injected.items() if limit is None or index < limit))
+    counts = Counter(reason for index, reason in injected.items() if limit is None or index < limit)
+    return {reason: n for reason, n in counts.items() if reason not in REPAIRS}
+
+
+def expected_repairs(injected: dict[int, str], limit: int | None = None) -> dict[str, int]:
+    counts = Counter(reason for index, reason in injected.items() if limit is None or index < limit)
+    return {reason: n for reason, n in sorted(counts.items()) if reason in REPAIRS}
 
 
 def test_drops_are_counted_per_reason_and_source(fixture_sources, blend_cfg, tmp_path):
@@ -39,11 +46,30 @@ def test_drops_are_counted_per_reason_and_source(fixture_sources, blend_cfg, tmp
     meta = prepare_blend(conversation_blend(blend_cfg, root, dedup=True), tmp_path).metadata
     no_think, think = meta.sources
     assert no_think.dropped == expected_drops(injected["smoltalk_no_think.jsonl"])
-    assert think.dropped == expected_drops(injected["smoltalk_think.parquet"], limit=1500)
-    assert (think.requested_entries, think.read) == (1500, 1500)
-    assert think.actual_entries == 1500 - sum(think.dropped.values())
+    assert no_think.repaired == expected_repairs(injected["smoltalk_no_think.jsonl"]) != {}
+    assert think.dropped == expected_drops(injected["smoltalk_think.parquet"], limit=think.read)
+    # read on past the first 1500 rows until 1500 were valid; dedup then removed the duplicates
+    assert think.requested_entries == 1500 < think.read
+    assert think.actual_entries == 1500 - think.dropped["duplicate"]
+    assert meta.repaired == dict(sorted((Counter(no_think.repaired) + Counter(think.repaired)).items()))
     assert meta.total_entries == no_think.actual_entries + think.actual_entries
     assert no_think.percentage_of_total + think.percentage_of_total == pytest.approx(100, abs=0.02)
+
+
+def test_without_fill_a_cap_is_the_first_n_rows_valid_or_not(fixture_sources, blend_cfg, tmp_path):
+    root, injected = fixture_sources
+    meta = prepare_blend(conversation_blend(blend_cfg, root, fill=False, dedup=True), tmp_path).metadata
+    think = meta.sources[1]
+    assert think.read == 1500 and think.dropped == expected_drops(injected["smoltalk_think.parquet"], limit=1500)
+    assert think.actual_entries == 1500 - sum(think.dropped.values())
+
+
+def test_a_source_that_runs_out_before_its_count_is_said_loudly(fixture_sources, blend_cfg, tmp_path, caplog):
+    root, _ = fixture_sources
+    source = {"name": str(root / "olmo_preference.jsonl"), "entries": 10**6}
+    meta = prepare_blend(blend_cfg(name="f", kind="preference", sources=[source]), tmp_path).metadata
+    assert meta.sources[0].actual_entries < 10**6
+    assert f"RAN OUT: {meta.sources[0].actual_entries} valid rows of the 1000000 requested" in caplog.text
 
 
 def test_duplicates_are_kept_without_dedup(fixture_sources, blend_cfg, tmp_path):
@@ -72,8 +98,10 @@ def test_first_n_takes_the_head_and_random_a_seeded_sample(fixture_sources, blen
     source = {"name": str(root / "olmo_preference.jsonl"), "entries": 300}
     first = blend_cfg(name="f", kind="preference", sources=[source])
     sampled = blend_cfg(name="f", kind="preference", sources=[source], sampling="random")
-    head = load_prepared(prepare_blend(first, tmp_path))["_source_index"]
-    assert max(head) < 300
+    prepared = prepare_blend(first, tmp_path)
+    head = load_prepared(prepared)["_source_index"]
+    read = prepared.metadata.sources[0].read  # 300 valid rows: the head, read on past the rows dropped
+    assert len(head) == 300 and max(head) == read - 1 and read == 300 + sum(prepared.metadata.dropped.values())
     sample = load_prepared(prepare_blend(sampled, tmp_path))["_source_index"]
     again = load_prepared(prepare_blend(sampled, tmp_path / "again"))["_source_index"]
     assert sample == again and max(sample) >= 300 and len(set(sample)) == len(sample)
@@ -104,6 +132,8 @@ def test_card_describes_the_blend(fixture_sources, blend_cfg, tmp_path):
         assert f"| {source.name} | - | {source.split} |" in card
         assert f"{source.actual_entries:,}" in card
     assert "think_nested" in card
+    repaired = card.split("## Rows repaired (kept)")[1].split("##")[0]
+    assert all(reason in repaired for reason in meta.repaired) and meta.repaired
     assert 'load_dataset("org/fixture-sft"' in card
 
 
@@ -137,11 +167,11 @@ def test_an_interrupted_preparation_leaves_nothing_that_looks_finished(
     cfg = preference_blend(blend_cfg, root)
     real, calls = prepare_module.normalise, {"n": 0}
 
-    def failing(row, kind):
+    def failing(row, kind, repairs=None):
         calls["n"] += 1
         if calls["n"] == 500:
             raise KeyboardInterrupt
-        return real(row, kind)
+        return real(row, kind, repairs)
 
     monkeypatch.setattr(prepare_module, "normalise", failing)
     with pytest.raises(KeyboardInterrupt):

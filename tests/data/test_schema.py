@@ -6,25 +6,51 @@ import pytest
 
 from trlm.config import DataKind
 from trlm.data.fixtures import CONVERSATION_BREAKS, LINE_BREAKS, PREFERENCE_BREAKS, olmo_row, smoltalk_row
-from trlm.data.schema import DROP_REASONS, Dropped, normalise, think_problem
+from trlm.data.schema import DROP_REASONS, REPAIRS, Dropped, normalise, think_problem
+
+CONVERSATION_DROPS = sorted(set(CONVERSATION_BREAKS) - set(REPAIRS))
+PREFERENCE_DROPS = sorted(set(PREFERENCE_BREAKS) - set(REPAIRS))
 
 
-@pytest.mark.parametrize("reason", sorted(CONVERSATION_BREAKS))
+@pytest.mark.parametrize("reason", CONVERSATION_DROPS)
 def test_each_broken_conversation_is_dropped_for_its_reason(reason):
     with pytest.raises(Dropped) as dropped:
         normalise(CONVERSATION_BREAKS[reason](smoltalk_row(1, think=True)), DataKind.conversation)
     assert dropped.value.reason == reason
 
 
-@pytest.mark.parametrize("reason", sorted(PREFERENCE_BREAKS))
+@pytest.mark.parametrize("reason", PREFERENCE_DROPS)
 def test_each_broken_pair_is_dropped_for_its_reason(reason):
     with pytest.raises(Dropped) as dropped:
         normalise(PREFERENCE_BREAKS[reason](olmo_row(1)), DataKind.preference)
     assert dropped.value.reason == reason
 
 
+@pytest.mark.parametrize("repair", sorted(REPAIRS))
+def test_each_harmless_defect_is_repaired_and_named(repair):
+    repairs: list[str] = []
+    row = normalise(CONVERSATION_BREAKS[repair](smoltalk_row(1, think=True)), DataKind.conversation, repairs)
+    assert repairs == [repair]
+    system = [m for m in row["messages"] if m["role"] == "system"]
+    reply = row["messages"][-1]["content"]
+    assert all(m["content"].strip() for m in system)  # an empty system message is gone
+    assert think_problem(reply) is None and "<think>\n\n</think>" not in reply
+    if repair == "think_opening_restored":
+        assert reply.startswith("<think>\na trace the template had opened\n</think>")
+
+
+def test_an_empty_think_block_in_an_earlier_turn_is_removed_and_the_trace_after_it_kept():
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think></think>Hello."},
+                {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "<think>add</think>4"}]  # fmt: skip
+    repairs: list[str] = []
+    out = normalise({"messages": messages}, DataKind.conversation, repairs)
+    assert [m["content"] for m in out["messages"]][1::2] == ["Hello.", "<think>add</think>4"]
+    assert repairs == ["empty_think_removed"]
+
+
 def test_every_reason_is_exercised_by_the_fixtures():
-    assert set(DROP_REASONS) == {*CONVERSATION_BREAKS, *PREFERENCE_BREAKS, *LINE_BREAKS, "duplicate"}
+    assert set(DROP_REASONS) | set(REPAIRS) == {*CONVERSATION_BREAKS, *PREFERENCE_BREAKS, *LINE_BREAKS, "duplicate"}
 
 
 def test_conversation_keeps_role_and_content_only():
@@ -65,7 +91,6 @@ def test_multimodal_parts_become_text():
         ("</think> a", "think_unbalanced"),
         ("<think> a", "think_unbalanced"),
         ("<think> a <think> b </think></think>", "think_nested"),
-        ("<think> \n </think> b", "think_empty"),
     ],
 )
 def test_think_problem(text, problem):

@@ -33,6 +33,22 @@ def held_out_blend(data: DataConfig) -> DataConfig:
     return OmegaConf.merge(data, {"name": f"{data.name}-eval", "sources": data.eval_sources, "eval_sources": []})
 
 
+PROVENANCE_KEY = ["_source_dataset", "_source_subset", "_source_split", "_source_index"]
+
+
+def without_training_rows(held_out: Dataset, train: Dataset) -> Dataset:
+    """Held-out rows less any the training rows also hold: a training source read past its cap to fill
+    it (data.fill) may have reached rows its held-out source starts at."""
+    trained = set(zip(*(train[column] for column in PROVENANCE_KEY), strict=True))
+    keys = zip(*(held_out[column] for column in PROVENANCE_KEY), strict=True)
+    keep = [i for i, key in enumerate(keys) if key not in trained]
+    if len(keep) < len(held_out):
+        log.info("held-out rows also in training (read past a cap to fill it): %d of %d left out",
+                 len(held_out) - len(keep), len(held_out))  # fmt: skip
+        held_out = held_out.select(keep)
+    return held_out
+
+
 def load_blend(data: DataConfig, blends_dir: Path) -> tuple[DatasetDict, dict[str, Any]]:
     """The blend's `train` rows, its `eval` rows when it holds any out, and where they came from.
 
@@ -50,7 +66,7 @@ def load_blend(data: DataConfig, blends_dir: Path) -> tuple[DatasetDict, dict[st
     if data.eval_sources:
         held_out = prepare_blend(held_out_blend(data), blends_dir)
         provenance["eval_sha256"] = held_out.metadata.content_sha256
-        return DatasetDict(train=rows, eval=load_prepared(held_out)), provenance
+        return DatasetDict(train=rows, eval=without_training_rows(load_prepared(held_out), rows)), provenance
     if data.eval_size >= len(rows):
         raise TrlmError(f"blend {data.name}: eval_size {data.eval_size} leaves no training rows of {len(rows)}")
     if data.eval_size == 0:

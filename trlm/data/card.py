@@ -30,13 +30,15 @@ def composition_table(metadata: BlendMetadata) -> str:
     return "\n".join(lines)
 
 
-def drop_table(metadata: BlendMetadata) -> str:
-    if not metadata.dropped:
-        return "No rows were dropped."
-    reasons = sorted(metadata.dropped)
+def reason_table(metadata: BlendMetadata, counts: str, none: str) -> str:
+    """Per-source counts by reason of `counts` ("dropped" or "repaired")."""
+    if not getattr(metadata, counts):
+        return none
+    reasons = sorted(getattr(metadata, counts))
     lines = ["| Source | " + " | ".join(reasons) + " |", "|---|" + "---:|" * len(reasons)]
     for s in metadata.sources:
-        lines.append(f"| {s.name} ({s.split}) | " + " | ".join(str(s.dropped.get(r, 0)) for r in reasons) + " |")
+        per_reason = getattr(s, counts)
+        lines.append(f"| {s.name} ({s.split}) | " + " | ".join(str(per_reason.get(r, 0)) for r in reasons) + " |")
     return "\n".join(lines)
 
 
@@ -71,7 +73,11 @@ shuffled with seed {metadata.seed}. Config hash `{metadata.config_hash}`, conten
 
 ## Rows dropped by validation
 
-{drop_table(metadata)}
+{reason_table(metadata, "dropped", "No rows were dropped.")}
+
+## Rows repaired (kept)
+
+{reason_table(metadata, "repaired", "No rows needed a repair.")}
 
 ## Schema
 

@@ -67,7 +67,10 @@ CONVERSATION_BREAKS: dict[str, Callable[[Row], Row]] = {
     ),
     "think_unbalanced": lambda r: _reply(r, "<think>\nstarted but never closed. Answer."),
     "think_nested": lambda r: _reply(r, "<think>a <think>b</think> c</think> Answer."),
-    "think_empty": lambda r: _reply(r, "<think>\n\n</think>\nAnswer."),
+    # Defects that are repaired, not dropped (trlm/data/schema.py REPAIRS): the row is kept.
+    "empty_think_removed": lambda r: _reply(r, "<think>\n\n</think>\nAnswer."),
+    "empty_system_removed": lambda r: _with_messages(r, [{"role": "system", "content": ""}, *r["messages"]]),
+    "think_opening_restored": lambda r: _reply(r, "a trace the template had opened\n</think>\nAnswer."),
 }
 
 
@@ -85,7 +88,7 @@ PREFERENCE_BREAKS: dict[str, Callable[[Row], Row]] = {
     "no_assistant_turn": lambda r: _pair(r, r["chosen"], r["rejected"][:1]),
     "empty_content": lambda r: _chosen_reply(r, ""),
     "think_unbalanced": lambda r: _chosen_reply(r, "<think> x"),
-    "think_empty": lambda r: _chosen_reply(r, "<think></think> A"),
+    "empty_think_removed": lambda r: _chosen_reply(r, "<think></think> A"),
 }
 
 

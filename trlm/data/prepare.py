@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 
-from trlm.config import DataConfig, SourceConfig
+from trlm.config import DataConfig, Sampling, SourceConfig
 from trlm.data.buckets import BUCKETS, BucketSpill, permuted
 from trlm.data.card import dataset_card
 from trlm.data.schema import FEATURES, Dropped, normalise
@@ -66,7 +66,7 @@ def config_hash(data: DataConfig) -> str:
     for training_only in ("eval_size", "eval_sources", "too_long"):
         spec.pop(training_only)
     spec["local_files"] = [local_identity(s) for s in data.sources if is_local(s)]
-    spec["schema"] = 1  # bump when normalisation changes what a prepared row is
+    spec["schema"] = 2  # bump when normalisation changes what a prepared row is (2: repairs)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -80,6 +80,7 @@ class SourceStats:
     read: int = 0
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
+    repaired: Counter = field(default_factory=Counter)
 
 
 def row_key(row: dict[str, Any]) -> int:
@@ -92,18 +93,24 @@ def source_rows(data: DataConfig, source: SourceConfig, ordinal: int, stats: Sou
     """The source's rows in the blend's schema (plus `_key` / `_source_ordinal`), counting drops by reason."""
     started = last_report = time.monotonic()
     label = f"{source.name}" + (f" [{source.subset}/{source.split}]" if source.subset else f" [{source.split}]")
-    for index, raw in read_source(source, data.sampling, data.seed):
+    fill = data.fill and data.sampling == Sampling.first and source.entries is not None
+    read_as = OmegaConf.merge(source, {"entries": None}) if fill else source  # read on until `entries` are kept
+    for index, raw in read_source(read_as, data.sampling, data.seed):
+        if fill and stats.kept == source.entries:
+            break
         stats.read += 1
         if isinstance(raw, MalformedLine):
             stats.dropped["malformed_json"] += 1
             if stats.dropped["malformed_json"] <= MAX_REPORTED_LINES:
                 log.warning("%s line %d is not valid JSON (%s): dropped", raw.file, raw.line, raw.error)
             continue
+        repairs: list[str] = []
         try:
-            row = normalise(raw, data.kind)
+            row = normalise(raw, data.kind, repairs)
         except Dropped as dropped:
             stats.dropped[dropped.reason] += 1
             continue
+        stats.repaired.update(repairs)
         stats.kept += 1
         yield {
             **row,
@@ -119,8 +126,12 @@ def source_rows(data: DataConfig, source: SourceConfig, ordinal: int, stats: Sou
                      stats.read / (now - started))  # fmt: skip
             last_report = now
     elapsed = max(time.monotonic() - started, 1e-9)
-    log.info("%s: %d rows read, %d kept, %d dropped, %.0f rows/s", label, stats.read, stats.kept,
-             stats.read - stats.kept, stats.read / elapsed)  # fmt: skip
+    log.info("%s: %d rows read, %d kept, %d dropped, %d repaired, %.0f rows/s", label, stats.read, stats.kept,
+             stats.read - stats.kept, sum(stats.repaired.values()), stats.read / elapsed)  # fmt: skip
+    if fill and stats.kept < source.entries:
+        log.warning("%s RAN OUT: %d valid rows of the %d requested (%d read, dropped %s); the blend is smaller "
+                    "than its config says", label, stats.kept, source.entries, stats.read,
+                    dict(stats.dropped) or "none")  # fmt: skip
 
 
 def spill_rows(data: DataConfig, staging: Path, stats: list[SourceStats]) -> tuple[BucketSpill, int]:
@@ -236,6 +247,7 @@ def describe(
                 actual_entries=s.kept,
                 dropped=dict(sorted(s.dropped.items())),
                 percentage_of_total=round(100 * s.kept / total, 2),
+                repaired=dict(sorted(s.repaired.items())),
             )
         )
     return BlendMetadata(
@@ -252,6 +264,7 @@ def describe(
         total_entries=total,
         total_read=sum(s.read for s in stats),
         dropped=dict(sorted(sum((s.dropped for s in stats), Counter()).items())),
+        repaired=dict(sorted(sum((s.repaired for s in stats), Counter()).items())),
         format="parquet" if files[0].endswith(".parquet") else "jsonl",
         files=files,
         sources=sources,

@@ -7,7 +7,10 @@ Both carry `source` (the upstream dataset tag, when the source has one) and the 
 columns `_source_dataset`, `_source_subset`, `_source_split`, `_source_index`.
 
 `normalise` returns the row in its schema, or raises `Dropped` naming the first problem found;
-preparation counts those per reason and per source instead of failing. In a preference pair the
+preparation counts those per reason and per source instead of failing. Defects real data has that
+change nothing a model learns are repaired instead, and counted per reason the same way: an empty
+system message (= none), an empty `<think></think>` block, a trace whose opening `<think>` the
+generating template had inserted. In a preference pair the
 think checks apply to the prompt and the chosen reply only: a malformed trace is a fair reason
 for a reply to be the rejected one.
 """
@@ -46,12 +49,14 @@ DROP_REASONS = (
     "think_outside_assistant",
     "think_unbalanced",
     "think_nested",
-    "think_empty",
     "no_shared_prompt",
     "chosen_equals_rejected",
     "duplicate",
 )
+# Every repair a row can get (counted per reason, like drops; a row may get several).
+REPAIRS = ("empty_system_removed", "empty_think_removed", "think_opening_restored")
 _THINK_TAG = re.compile(re.escape(THINK_START) + "|" + re.escape(THINK_END))
+_EMPTY_THINK = re.compile(re.escape(THINK_START) + r"\s*" + re.escape(THINK_END) + r"\s*")
 
 
 class Dropped(Exception):
@@ -72,23 +77,39 @@ def text_of(content: Any) -> str | None:
 
 def think_problem(text: str) -> str | None:
     """What is wrong with the <think> blocks of an assistant reply, if anything."""
-    depth, opened_at = 0, 0
+    depth = 0
     for tag in _THINK_TAG.finditer(text):
         if tag.group() == THINK_START:
             if depth:
                 return "think_nested"
-            depth, opened_at = 1, tag.end()
+            depth = 1
         else:
             if not depth:
                 return "think_unbalanced"
-            if not text[opened_at : tag.start()].strip():
-                return "think_empty"
             depth = 0
     return "think_unbalanced" if depth else None
 
 
-def messages_of(raw: Any) -> list[dict[str, str]]:
-    """Checked {role, content} messages; raises Dropped on the first problem."""
+def repair_reply(content: str, repairs: list[str]) -> str:
+    """An assistant reply with its harmless defects fixed (each fix named in `repairs`).
+
+    An empty `<think></think>` block (in an earlier turn, or a reply with no trace) says nothing:
+    removed. A reply that closes a trace it never opened had its `<think>` inserted by the template
+    it was generated with: restored.
+    """
+    stripped = _EMPTY_THINK.sub("", content)
+    if stripped != content:
+        repairs.append("empty_think_removed")
+        content = stripped
+    if THINK_START not in content and content.count(THINK_END) == 1 and content.split(THINK_END)[0].strip():
+        repairs.append("think_opening_restored")
+        content = f"{THINK_START}\n{content.lstrip()}"
+    return content
+
+
+def messages_of(raw: Any, repairs: list[str] | None = None) -> list[dict[str, str]]:
+    """Checked {role, content} messages, harmless defects repaired; raises Dropped on the first problem."""
+    repairs = [] if repairs is None else repairs
     if not isinstance(raw, list) or not raw or not all(isinstance(m, dict) for m in raw):
         raise Dropped("not_a_conversation")
     messages = []
@@ -98,9 +119,16 @@ def messages_of(raw: Any) -> list[dict[str, str]]:
             raise Dropped("missing_role")
         if role not in ROLES:
             raise Dropped("unknown_role")
+        if role == "system" and (content is None or not content.strip()):
+            repairs.append("empty_system_removed")  # an empty system message is an absent one
+            continue
+        if role == "assistant" and content:
+            content = repair_reply(content, repairs)
         if content is None or not content.strip():
             raise Dropped("empty_content")
         messages.append({"role": role, "content": content})
+    if not messages:
+        raise Dropped("not_a_conversation")
     return messages
 
 
@@ -122,16 +150,16 @@ def shared_prefix(a: list[dict[str, str]], b: list[dict[str, str]]) -> int:
     return n
 
 
-def normalise_conversation(row: dict[str, Any]) -> dict[str, Any]:
-    messages = messages_of(row.get("messages"))
+def normalise_conversation(row: dict[str, Any], repairs: list[str]) -> dict[str, Any]:
+    messages = messages_of(row.get("messages"), repairs)
     check_turns(messages)
     return {"messages": messages}
 
 
-def normalise_preference(row: dict[str, Any]) -> dict[str, Any]:
+def normalise_preference(row: dict[str, Any], repairs: list[str]) -> dict[str, Any]:
     prompt = row.get("prompt") if isinstance(row.get("prompt"), list) else []  # already split: prompt + completions
-    chosen = messages_of(prompt + list(row.get("chosen") or []))
-    rejected = messages_of(prompt + list(row.get("rejected") or []))
+    chosen = messages_of(prompt + list(row.get("chosen") or []), repairs)
+    rejected = messages_of(prompt + list(row.get("rejected") or []), [])  # the prompt's repairs counted once
     if chosen == rejected:
         raise Dropped("chosen_equals_rejected")
     cut = shared_prefix(chosen, rejected)
@@ -149,9 +177,9 @@ def normalise_preference(row: dict[str, Any]) -> dict[str, Any]:
 NORMALISERS = {DataKind.conversation: normalise_conversation, DataKind.preference: normalise_preference}
 
 
-def normalise(row: dict[str, Any], kind: DataKind) -> dict[str, Any]:
-    """The row in the kind's schema (without provenance), or Dropped."""
-    normalised = NORMALISERS[kind](row)
+def normalise(row: dict[str, Any], kind: DataKind, repairs: list[str] | None = None) -> dict[str, Any]:
+    """The row in the kind's schema (without provenance), or Dropped; what was repaired goes to `repairs`."""
+    normalised = NORMALISERS[kind](row, [] if repairs is None else repairs)
     source = row.get("source")
     normalised["source"] = None if source is None else str(source)
     return normalised
