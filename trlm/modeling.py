@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -24,6 +25,8 @@ from trlm.fsutil import atomic_dir
 from trlm.hub import hub_reachable
 from trlm.locks import FileLock
 
+log = logging.getLogger(__name__)
+
 
 def looks_like_path(name: str) -> bool:
     """A Hub id is `name` or `org/name`; anything else (absolute, ./, ~, deeper) is meant as a folder."""
@@ -37,8 +40,9 @@ def check_model_dir(path: Path, given: str) -> None:
     raise TrlmError(f"{given} is not a model directory (no config.json in {path}){hint}")
 
 
-def resolve_pretrained(name_or_path: str, revision: str | None = None) -> str:
-    """A local directory holding the model: `name_or_path` itself, or its Hub snapshot."""
+def resolve_pretrained(name_or_path: str, revision: str | None = None, fallback: Path | None = None) -> str:
+    """A local directory holding the model: `name_or_path` itself, or its Hub snapshot; with the Hub
+    out of reach and nothing cached, `fallback` (the model as `trlm model fetch` made it), if present."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         check_model_dir(path, name_or_path)
@@ -50,6 +54,10 @@ def resolve_pretrained(name_or_path: str, revision: str | None = None) -> str:
     except LocalEntryNotFoundError:
         pass
     if not hub_reachable():
+        if fallback is not None and (fallback / "config.json").exists():
+            log.warning("the Hub is unreachable and %s is not cached: using %s (trlm model fetch)", name_or_path,
+                        fallback)  # fmt: skip
+            return str(fallback)
         raise TrlmError(
             f"model '{name_or_path}' is not in the local Hugging Face cache and the Hub is unreachable: "
             f"download it on a connected machine (`hf download {name_or_path}`) and copy the cache into "

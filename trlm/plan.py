@@ -13,14 +13,19 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from trlm.config import register_configs
 from trlm.errors import TrlmError
+from trlm.layout import register_resolvers
 from trlm.paths import CONF_DIR
 
 GPUS_PER_MI300X_NODE = 8
 
 
 def compose_multirun(overrides: list[str]) -> DictConfig:
+    """The config `python train.py -m <overrides>` composes, Hydra's own section included."""
     args = [arg for arg in overrides if arg not in ("-m", "--multirun")]
+    register_configs()
+    register_resolvers()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("train", overrides=args, return_hydra_config=True)

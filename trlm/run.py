@@ -34,6 +34,7 @@ from trlm.fingerprint import differences, fingerprint, fingerprint_parts, global
 from trlm.fsutil import atomic_dir
 from trlm.lineage import StartPoint, resolve_start
 from trlm.locks import FileLock
+from trlm.model_fetch import check_architecture
 from trlm.modeling import load_model, load_tokenizer, resolve_pretrained, tiny_model_dir
 from trlm.paths import project_path
 from trlm.preemption import PreemptionCheckpoint
@@ -65,8 +66,18 @@ def start_model_dir(cfg: DictConfig, start: StartPoint) -> str:
     """A local directory for the start point, building the tiny demo model when that is the base."""
     if start.kind == "base" and cfg.model.tiny is not None:
         return str(tiny_model_dir(cfg.model.tiny, project_path(cfg.paths.cache_dir)))
-    revision = cfg.model.revision if start.kind == "base" else None
-    return resolve_pretrained(start.source, revision)
+    if start.kind != "base":
+        return resolve_pretrained(start.source)
+    package = cfg.model.package
+    fallback = project_path(package.directory) if package is not None else None
+    if package is not None and start.source == package.directory:  # the fetched copy itself
+        if not (fallback / "config.json").exists():
+            raise TrlmError(f"model={cfg.model.name} is not fetched yet: run `trlm model fetch {package.alias}` once")
+        source = str(fallback)
+    else:
+        source = resolve_pretrained(start.source, cfg.model.revision, fallback)
+    check_architecture(Path(source), dict(cfg.model.architecture), cfg.model.name)
+    return source
 
 
 def weights_digest(model: torch.nn.Module) -> str:
