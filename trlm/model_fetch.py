@@ -26,6 +26,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from trlm.errors import TrlmError
+from trlm.export import make_portable
 from trlm.fsutil import atomic_dir
 from trlm.locks import FileLock
 from trlm.paths import CONF_DIR, project_path
@@ -117,6 +118,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     model.generation_config = loaded.generation_config
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
+    make_portable(target)  # SmolLM2's own template is plain Jinja already
 
 
 def fetched(model: DictConfig) -> Path | None:

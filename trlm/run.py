@@ -26,10 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 
 from trlm import tracking
+from trlm.chat_template import chatml_template
+from trlm.config import Precision
 from trlm.data.blend import apply_length_policy, load_blend
 from trlm.distributed import broadcast_from_main, is_main_process, rank, visible_devices, world_size
 from trlm.errors import TrlmError
 from trlm.evaluation import generation_eval
+from trlm.export import make_portable
 from trlm.fingerprint import differences, fingerprint, fingerprint_parts, global_batch
 from trlm.fsutil import atomic_dir
 from trlm.lineage import StartPoint, resolve_start
@@ -161,13 +164,18 @@ def claim(run_dir: Path, parts: dict[str, str]) -> Summary | None:
     return payload
 
 
-def save_final(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> Path:
-    """The final model + tokenizer, written under a temporary name and renamed when complete."""
+def save_final(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, cfg: DictConfig, run_dir: Path) -> Path:
+    """The final model + tokenizer, written under a temporary name and renamed when complete: in the
+    preset's training precision (bf16 presets: bf16, as the reference saves), loadable by transformers
+    4.5x and 5.x, its chat template plain Jinja (trlm/export.py)."""
     final = run_dir / FINAL
+    if cfg.hardware.precision == Precision.bf16:  # the fp32 master weights are not needed any more
+        trainer.model.to(torch.bfloat16)
     with atomic_dir(final) if is_main_process() else nullcontext(final.with_name(FINAL + ".tmp")) as staging:
         trainer.save_model(str(staging))  # every rank: TRL gathers what it must, rank 0 writes
         if is_main_process():
             tokenizer.save_pretrained(str(staging))
+            make_portable(staging, chatml_template(cfg.stage.system_prompt, generation_markers=False))
     return final
 
 
@@ -294,7 +302,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
     metrics["train_loss"] = train_output.training_loss
     evaluated, samples = evaluate(trainer, cfg, tokenizer, blend, conversations)
     metrics.update(evaluated)
-    final = save_final(trainer, tokenizer, run_dir)
+    final = save_final(trainer, tokenizer, cfg, run_dir)
     value = objective(metrics, cfg)
     if not math.isfinite(value):
         log.warning("objective %s is %s", stage.objective.metric, value)

@@ -1,0 +1,93 @@
+"""Finished models load in transformers 4.5x and 5.x, and their chat template is plain Jinja."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import venv
+from pathlib import Path
+
+import pytest
+from jinja2 import Environment
+from transformers import AutoTokenizer
+
+from trlm.chat_template import chatml_template
+from trlm.demo.tokenizer import train_demo_tokenizer
+from trlm.export import make_portable
+from trlm.paths import PROJECT_ROOT
+
+OLD_TRANSFORMERS = "transformers>=4.50,<4.58"  # the reference's line, and lm-eval / serving setups'
+CHAT = [{"role": "user", "content": "2 + 3?"}, {"role": "assistant", "content": "<think>\n5\n</think>\n5"}]
+
+
+@pytest.fixture
+def saved_tokenizer(tmp_path):
+    """A stage-2 tokenizer as transformers 5 saves it: think tokens added, training template with markers."""
+    tokenizer = train_demo_tokenizer(vocab_size=400)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<think>", "</think>"]},
+                                 replace_extra_special_tokens=False)  # fmt: skip
+    tokenizer.chat_template = chatml_template("Sys.")
+    tokenizer.save_pretrained(tmp_path)
+    return tokenizer, tmp_path
+
+
+def test_the_portable_config_uses_the_spelling_both_transformers_lines_read(saved_tokenizer):
+    tokenizer, folder = saved_tokenizer
+    assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "TokenizersBackend"
+    make_portable(folder, chatml_template("Sys.", generation_markers=False))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and "extra_special_tokens" not in config
+    assert config["additional_special_tokens"] == ["<think>", "</think>"]
+    reloaded = AutoTokenizer.from_pretrained(folder)  # transformers 5 reads it back unchanged
+    assert len(reloaded) == len(tokenizer) and reloaded.convert_tokens_to_ids(["<think>", "</think>"]) == [
+        tokenizer.convert_tokens_to_ids("<think>"), tokenizer.convert_tokens_to_ids("</think>")]  # fmt: skip
+    assert reloaded.apply_chat_template(CHAT, tokenize=False) == tokenizer.apply_chat_template(CHAT, tokenize=False)
+
+
+def test_the_exported_template_is_plain_jinja_and_renders_the_same_text(saved_tokenizer):
+    tokenizer, folder = saved_tokenizer
+    with pytest.raises(Exception, match="generation"):  # the training template: plain Jinja refuses it
+        Environment().from_string((folder / "chat_template.jinja").read_text())
+    make_portable(folder, chatml_template("Sys.", generation_markers=False))
+    plain = Environment().from_string((folder / "chat_template.jinja").read_text())
+    assert plain.render(messages=CHAT, add_generation_prompt=False) == tokenizer.apply_chat_template(
+        CHAT, tokenize=False)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_finished_model_loads_in_transformers_4_5x(saved_tokenizer, compose_cfg):
+    """In a throwaway venv (cached under outputs/.cache) with torch and transformers 4.5x alone."""
+    from trlm.modeling import tiny_model_dir
+
+    tokenizer, folder = saved_tokenizer
+    model_dir = tiny_model_dir(compose_cfg("experiment=demo").model.tiny, folder.parent / "cache")
+    for file in ("config.json", "model.safetensors", "generation_config.json"):
+        (folder / file).write_bytes((model_dir / file).read_bytes())
+    make_portable(folder, chatml_template("Sys.", generation_markers=False))
+    python = old_transformers_python()
+    script = (
+        "import sys; from transformers import AutoTokenizer, AutoModelForCausalLM, __version__\n"
+        "t = AutoTokenizer.from_pretrained(sys.argv[1]); m = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+        "print(__version__, len(t), t.convert_tokens_to_ids('<think>'), m.num_parameters())\n"
+        "print(t.apply_chat_template([{'role': 'user', 'content': '2 + 3?'}], tokenize=False,"
+        " add_generation_prompt=True), end='')"
+    )
+    result = subprocess.run([str(python), "-c", script, str(folder)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    version, size, think, _ = result.stdout.splitlines()[0].split()
+    assert version.startswith("4.5") and int(size) == len(tokenizer)
+    assert int(think) == tokenizer.convert_tokens_to_ids("<think>")
+    rendered = "\n".join(result.stdout.splitlines(keepends=False)[1:]) + "\n"
+    assert rendered == tokenizer.apply_chat_template(CHAT[:1], tokenize=False, add_generation_prompt=True)
+
+
+def old_transformers_python() -> Path:
+    folder = PROJECT_ROOT / "outputs" / ".cache" / "venv-transformers-4.5x"
+    python = folder / "bin" / "python"
+    if not (folder / ".ready").exists():
+        venv.create(folder, with_pip=True, clear=True)
+        torch = __import__("torch").__version__.split("+")[0]
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={torch}", OLD_TRANSFORMERS],
+                       check=True, capture_output=True)  # fmt: skip
+        (folder / ".ready").touch()
+    return python
