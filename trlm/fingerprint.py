@@ -40,7 +40,7 @@ def fingerprint_parts(cfg: DictConfig, start: dict[str, Any], data: dict[str, An
         "global_batch": str(global_batch(cfg)),
         "data": data["sha256"],
         "data_use": digest({k: data[k] for k in ("eval_sha256", "rows", "too_long")}),
-        "model": digest(OmegaConf.to_container(cfg.model, resolve=True)),
+        "model": digest(OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True)),
         "start": digest(start),
     }
 

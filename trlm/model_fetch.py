@@ -111,7 +111,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     try:
         import gguf as _  # noqa: F401 (transformers reads GGUF files with it)
     except ImportError:
-        raise TrlmError("reading a GGUF file needs the gguf extra: pip install -e '.[gguf]' (make setup has it)") from None
+        raise TrlmError("reading a GGUF file needs the gguf extra: pip install -e '.[gguf]'") from None
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The loaded object stays marked GGUF-quantised and refuses save_pretrained: rebuild it plain.

@@ -80,14 +80,16 @@ def stage_tokenizer(tokenizer: PreTrainedTokenizerBase, stage: StageConfig) -> P
     return tokenizer
 
 
-def load_model(source: str, tokenizer: PreTrainedTokenizerBase, hardware: HardwareConfig) -> torch.nn.Module:
+def load_model(
+    source: str, tokenizer: PreTrainedTokenizerBase, hardware: HardwareConfig, new_token_init: str = "random"
+) -> torch.nn.Module:
     """The causal LM at `source`, its embeddings grown to the tokenizer when tokens were added."""
     # fp32 master weights: bf16/fp16 presets train in autocast mixed precision.
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=torch.float32, attn_implementation=hardware.attn_implementation
     )
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=new_token_init == "mean")
     for config in (model.config, model.generation_config):
         config.eos_token_id = tokenizer.eos_token_id
         config.pad_token_id = tokenizer.pad_token_id

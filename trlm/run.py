@@ -254,7 +254,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
     log.info("stage=%s run=%s run_dir=%s start=%s", stage.name, cfg.run.name, run_dir, start.source)
     log.info("blend %s: %s rows, sha256 %s", cfg.data.name, data["rows"], data["sha256"][:12])
     set_seed(stage.recipe.seed)  # before load: the rows added for new tokens are drawn at random
-    model = load_model(source, tokenizer, cfg.hardware)
+    model = load_model(source, tokenizer, cfg.hardware, cfg.model.new_token_init)
     log.info("model from %s: %.2fM parameters, vocab %d", source, model.num_parameters() / 1e6, len(tokenizer))
     if is_main_process():
         save_command_records(run_dir, cfg, overrides)
