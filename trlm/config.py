@@ -224,6 +224,8 @@ class HardwareConfig:
     # Processes sharing a machine (parallel sweep trials) each need their share, or they slow each
     # other several-fold.
     cpu_threads: int | None = None
+    # SFT batches without padding: the same rows, batches and loss (trlm/padding_free.py)
+    padding_free: bool = True
     # The variable through which this platform's runtime picks GPUs. In a Slurm job the others Slurm
     # sets to the same ids are removed: ROCm filters by ROCR_VISIBLE_DEVICES and then indexes
     # CUDA_VISIBLE_DEVICES into what is left, so both set to "2,3" would leave no device.

@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, se
 
 from trlm import tracking
 from trlm.chat_template import chatml_template
-from trlm.config import Precision
+from trlm.config import Precision, TrainerKind
 from trlm.data.blend import apply_length_policy, load_blend
 from trlm.distributed import broadcast_from_main, is_main_process, rank, visible_devices, world_size
 from trlm.errors import TrlmError
@@ -39,6 +39,7 @@ from trlm.lineage import StartPoint, resolve_start
 from trlm.locks import FileLock
 from trlm.model_fetch import check_architecture
 from trlm.modeling import load_model, load_tokenizer, resolve_pretrained, tiny_model_dir
+from trlm.padding_free import make_padding_free
 from trlm.paths import project_path
 from trlm.preemption import PreemptionCheckpoint
 from trlm.pruning import TrialReporter, check_prunable, reports_to_trial
@@ -283,6 +284,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
     preemption = PreemptionCheckpoint()
     callbacks = [MetricsLog(run_dir / METRICS), CheckpointMarker(), preemption, *([reporter] if reporter else [])]
     trainer = build_trainer(stage, args, model, tokenizer, blend["train"], blend.get("eval"), callbacks)
+    if stage.trainer == TrainerKind.sft and cfg.hardware.padding_free and not stage.recipe.packing:
+        make_padding_free(trainer, model, cfg.hardware.attn_implementation)
     generate = "eval" in blend and stage.evaluation.generate
     conversations = TRAINERS[stage.trainer].held_out(blend["eval"]) if generate else []
     checkpoint = latest_complete_checkpoint(Path(args.output_dir)) if cfg.run.resume else None

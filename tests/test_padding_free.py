@@ -1,0 +1,98 @@
+"""Padding-free SFT is the padded recipe's math: per-row logits, loss and one optimizer step agree."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import LlamaConfig, LlamaForCausalLM
+from trl import SFTConfig, SFTTrainer
+
+from trlm.padding_free import DOCUMENT_ATTENTION, make_padding_free
+
+LENGTHS = [1, 7, 23, 4]  # very different lengths, and a row of one token
+
+
+def tiny_llama(attn: str) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation(attn)
+    return model
+
+
+@pytest.mark.parametrize("base", ["sdpa", "eager"])
+@pytest.mark.parametrize("with_boundaries", [True, False], ids=["cu_seq_lens", "position_ids"])
+def test_each_row_of_a_concatenated_batch_sees_only_itself(base, with_boundaries):
+    model = tiny_llama(base)
+    generator = torch.Generator().manual_seed(1)
+    rows = [torch.randint(0, 97, (n,), generator=generator) for n in LENGTHS]
+    with torch.no_grad():
+        alone = [model(input_ids=row[None]).logits[0] for row in rows]
+        model.set_attn_implementation(DOCUMENT_ATTENTION)
+        model.config.use_cache = False
+        position_ids = torch.cat([torch.arange(n) for n in LENGTHS])[None]
+        cu = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()], dtype=torch.int32)
+        extra = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu} if with_boundaries else {}
+        packed = model(input_ids=torch.cat(rows)[None], position_ids=position_ids, **extra).logits[0]
+    for row_logits, (start, end) in zip(alone, itertools.pairwise(cu), strict=True):
+        torch.testing.assert_close(packed[start:end], row_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_a_padded_batch_still_gets_the_usual_masked_attention():
+    model = tiny_llama("sdpa")
+    rows = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    with torch.no_grad():
+        expected = model(input_ids=rows, attention_mask=mask).logits
+        model.set_attn_implementation(DOCUMENT_ATTENTION)
+        got = model(input_ids=rows, attention_mask=mask).logits
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1, :2], expected[1, :2])
+
+
+def one_step(padding_free: bool, tmp_path, attn: str = "sdpa"):
+    from trlm.demo.tokenizer import train_demo_tokenizer
+
+    tokenizer = train_demo_tokenizer(vocab_size=97)
+    model = tiny_llama(attn).train()
+    model.resize_token_embeddings(len(tokenizer))
+    texts = ["1 + 1 = 2", "12 + 30 = 42 and then some more words to make it long", "7", "3 + 4 = 7 + 0"]
+    rows = Dataset.from_dict({"text": texts})
+    args = SFTConfig(output_dir=str(tmp_path / str(padding_free)), max_steps=1, per_device_train_batch_size=4,
+                     learning_rate=1e-2, report_to=[], max_length=12, seed=0, use_cpu=True, save_strategy="no",
+                     logging_steps=1, optim="sgd")  # fmt: skip
+    # SGD: Adam's first step is about lr * sign(grad), which would amplify rounding into the weights
+    trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
+    if padding_free:
+        assert make_padding_free(trainer, model, attn)
+    loss = trainer.train().training_loss
+    return loss, {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+# Padding-free attention runs sdpa's kernel per row: against padded sdpa it agrees to float32 rounding;
+# against padded eager, as closely as eager and sdpa agree with each other (measured: 2e-5 relative).
+@pytest.mark.parametrize(("attn", "rel"), [("sdpa", 1e-6), ("eager", 1e-4)])
+def test_one_optimizer_step_padding_free_equals_the_padded_recipe(tmp_path, attn, rel):
+    padded_loss, padded_weights = one_step(False, tmp_path, attn)
+    free_loss, free_weights = one_step(True, tmp_path, attn)
+    assert free_loss == pytest.approx(padded_loss, rel=rel)
+    for name, weight in padded_weights.items():
+        torch.testing.assert_close(free_weights[name], weight, atol=10 * rel, rtol=10 * rel, msg=name)
+
+
+def test_an_attention_that_cannot_keep_rows_apart_trains_padded_with_one_warning(tmp_path, caplog):
+    model = tiny_llama("sdpa")
+
+    class Trainer:
+        data_collator = object()
+
+    trainer = Trainer()
+    with caplog.at_level(logging.WARNING):
+        assert not make_padding_free(trainer, model, "flex_attention")
+    assert trainer.data_collator is Trainer.data_collator
+    assert caplog.text.count("training padded") == 1
