@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-clean sweep-demo slurm-up slurm-down test test-fast bench bench-sweep bench-slurm lint format clean
+.PHONY: setup demo demo-clean sweep-demo slurm-up slurm-down test test-fast bench bench-sweep bench-slurm bench-train lint format clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,10 @@ bench: $(STAMP)
 # Asynchronous vs batch-synchronous trials, pruning on vs off (see bench/sweep_bench.py): ~10 min.
 bench-sweep: $(STAMP)
 	$(BIN)/python bench/sweep_bench.py
+
+# Padding-free SFT vs the padded reference recipe, DPO with precomputed reference log-probs (bench/train_bench.py).
+bench-train: $(STAMP)
+	$(BIN)/python bench/train_bench.py
 
 # What Slurm adds to a job: submission-to-start latency, overhead per trial (bench/slurm_bench.py; needs slurm-up).
 bench-slurm: $(STAMP)
