@@ -34,6 +34,15 @@ def test_dpo_report_recipe_reaches_trl_unchanged(compose_cfg, tmp_path):
     assert args.max_grad_norm == 0.2 and args.learning_rate == 1e-5
 
 
+@pytest.mark.parametrize(("overrides", "precomputed"), [
+    ((), True),                                                         # the report: one epoch, every row read
+    (("experiment=demo",), False),                                      # max_steps: on the fly
+    (("experiment=demo", "stage.recipe.precompute_ref_log_probs=true"), True),
+])  # fmt: skip
+def test_dpo_reference_log_probs_are_precomputed_when_every_row_is_read(compose_cfg, tmp_path, overrides, precomputed):
+    assert args_for(compose_cfg("stage=dpo", *overrides), tmp_path).precompute_ref_log_probs is precomputed
+
+
 def test_extra_args_pass_through_and_are_checked(compose_cfg, tmp_path):
     args = args_for(compose_cfg("stage=sft", "+stage.extra_args.packing=true"), tmp_path)
     assert args.packing is True

@@ -84,6 +84,10 @@ class RecipeConfig:
     packing: bool = False
     logging_steps: int = 1
     seed: int = 42
+    # DPO: the reference model's log-probs in one pass before training (same values, no reference
+    # forward per step). None: when the run reads every row (epochs, no max_steps); a short run on
+    # a large blend would pay for rows it never trains on.
+    precompute_ref_log_probs: bool | None = None
 
 
 @dataclass

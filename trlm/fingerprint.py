@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # Recipe fields that do not change the weights (or enter through the global batch).
 NOT_WEIGHTS = ("save_steps", "logging_steps", "per_device_eval_batch_size", "gradient_checkpointing",
-               "per_device_train_batch_size", "gradient_accumulation_steps")  # fmt: skip
+               "per_device_train_batch_size", "gradient_accumulation_steps", "precompute_ref_log_probs")  # fmt: skip
 # Stage keys, besides the recipe, that shape training.
 STAGE_KEYS = ("trainer", "think_tokens", "system_prompt", "assistant_only_loss", "max_prompt_length", "extra_args")
 

@@ -162,6 +162,8 @@ def training_arguments(
         "save_total_limit": 2,
         "ddp_find_unused_parameters": False,  # every parameter takes part: skip DDP's extra graph walk
     }
+    if "precompute_ref_log_probs" in spec.fields and recipe["precompute_ref_log_probs"] is None:
+        kwargs["precompute_ref_log_probs"] = stage.recipe.max_steps <= 0  # every row is read: pay once
     if evaluate_every:
         kwargs.update(eval_strategy="steps", eval_steps=evaluate_every)
     kwargs.update(stage.extra_args)
