@@ -41,3 +41,29 @@ def test_a_command_that_does_not_compose_is_one_line():
 
     with pytest.raises(TrlmError, match="does not compose"):
         compose_multirun(["hardware=nope"])
+
+
+@pytest.mark.slow
+def test_the_plan_counts_the_prepared_blends_rows_tokens_and_steps(tmp_path, capsys):
+    from trlm.data.blend import load_prepared
+    from trlm.data.prepare import prepare_blend
+    from trlm.plan import base_tokenizer, workload
+
+    overrides = ["experiment=demo", "stage=sft_think", f"paths.output_root={tmp_path}"]
+    cfg = compose_multirun(overrides)
+    assert workload(cfg) is None  # not prepared: nothing is guessed
+    rows = load_prepared(prepare_blend(cfg.data, tmp_path / "blends"))
+    work = workload(cfg)
+    train = rows.select(range(len(rows) - cfg.data.eval_size))
+    tokenizer = base_tokenizer(cfg)
+    lengths = [
+        len(tokenizer.apply_chat_template(r, tokenize=True, return_dict=True)["input_ids"]) for r in train["messages"]
+    ]
+    assert (work.rows, work.steps) == (len(train), cfg.stage.recipe.max_steps)
+    assert work.tokens == sum(min(n, cfg.stage.recipe.max_length) for n in lengths)
+    assert "<think>" in tokenizer.get_vocab()  # stage 2's tokens, as training adds them
+    print_plan(overrides)
+    assert (
+        f"{work.rows:,} training rows, {work.tokens:,} tokens; {work.steps:,} optimizer steps"
+        in capsys.readouterr().out
+    )

@@ -7,7 +7,9 @@ launcher the exact sbatch script submitit would submit for one job.
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -16,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from trlm.config import register_configs
 from trlm.errors import TrlmError
 from trlm.layout import register_resolvers
-from trlm.paths import CONF_DIR
+from trlm.paths import CONF_DIR, project_path
 
 GPUS_PER_MI300X_NODE = 8
 
@@ -64,9 +66,76 @@ def describe(cfg: DictConfig) -> list[str]:
     return lines
 
 
+@dataclass
+class Workload:
+    rows: int  # training rows of the prepared blend
+    tokens: int | None  # their tokens as the stage renders them, each capped at max_length
+    steps: int  # optimizer steps
+    trained_tokens: int | None  # tokens the steps go through (a max_steps run may not read every row)
+
+
+def base_tokenizer(cfg: DictConfig):
+    """The stage's tokenizer from the base model (stage 2 adds its think tokens as training would)."""
+    from trlm.lineage import StartPoint
+    from trlm.modeling import load_tokenizer
+    from trlm.run import start_model_dir
+
+    source = f"tiny:{cfg.model.name}" if cfg.model.tiny is not None else cfg.model.path
+    return load_tokenizer(start_model_dir(cfg, StartPoint("base", source)), cfg.stage)
+
+
+def workload(cfg: DictConfig) -> Workload | None:
+    """Rows, tokens and steps of a stage on its prepared blend; None when the blend is not prepared."""
+    from trlm.data.blend import load_prepared, token_lengths
+    from trlm.data.prepare import prepared_blend
+    from trlm.fingerprint import global_batch
+
+    prepared = prepared_blend(cfg.data, project_path(cfg.paths.blends_dir))
+    if prepared is None:
+        return None
+    train = load_prepared(prepared)
+    if not cfg.data.eval_sources and cfg.data.eval_size:
+        train = train.select(range(len(train) - cfg.data.eval_size))  # as training holds them out
+    recipe, batch = cfg.stage.recipe, global_batch(cfg)
+    steps = recipe.max_steps if recipe.max_steps > 0 else math.ceil(len(train) / batch * recipe.num_train_epochs)
+    try:
+        lengths = [min(n, recipe.max_length) for n in token_lengths(train, cfg.data.kind, base_tokenizer(cfg))]
+    except TrlmError:  # the base model is not here (the Hub): rows and steps still stand
+        return Workload(len(train), None, steps, None)
+    per_row = sum(lengths) / len(lengths)
+    return Workload(len(train), sum(lengths), steps, round(steps * batch * per_row))
+
+
+def recorded_throughput(cfg: DictConfig) -> float | None:
+    """Effective tokens/s per device that `make bench-train` recorded for this hardware and model."""
+    path = project_path("docs/bench/train.json")
+    if not path.exists():
+        return None
+    recorded = json.loads(path.read_text()).get("throughput_tokens_per_s", {})
+    return recorded.get(f"{cfg.hardware.name}/{cfg.model.name}")
+
+
+def describe_workload(cfg: DictConfig) -> list[str]:
+    work = workload(cfg)
+    if work is None:
+        choice = cfg.hydra.runtime.choices.get("data")
+        return [f"blend {cfg.data.name} is not prepared yet (`trlm prepare data={choice}`): rows, tokens, time unknown"]
+    tokens = "tokens unknown (the base model is not here)" if work.tokens is None else f"{work.tokens:,} tokens"
+    lines = [f"{work.rows:,} training rows, {tokens}; {work.steps:,} optimizer steps"]
+    throughput, ranks = recorded_throughput(cfg), cfg.hardware.devices_per_node * cfg.hardware.num_nodes
+    if work.trained_tokens is None or throughput is None:
+        lines.append(f"time: unknown (no `make bench-train` figure for {cfg.hardware.name}/{cfg.model.name})")
+    else:
+        seconds = work.trained_tokens / (throughput * ranks)
+        hours = f", {seconds * ranks / 3600:.2f} GPU-hours" if cfg.hardware.accelerator != "cpu" else ""
+        lines.append(f"time: ~{seconds / 60:.1f} min of training on {ranks} device(s){hours} "
+                     f"(at {throughput:,.0f} tokens/s per device, bench-train)")  # fmt: skip
+    return lines
+
+
 def print_plan(overrides: list[str]) -> int:
     cfg = compose_multirun(overrides)
-    print("\n".join(describe(cfg)))
+    print("\n".join([*describe(cfg), *describe_workload(cfg)]))
     if cfg.hydra.runtime.choices.get("hydra/launcher") == "submitit_slurm":
         from hydra_plugins.trlm_submitit.launcher import sbatch_script
 
