@@ -75,3 +75,21 @@ def test_dpo_keeps_the_last_max_prompt_length_prompt_tokens(compose_cfg, tmp_pat
     assert len(full_prompt) > 16 and len(cut_prompt) == 16
     assert cut_prompt == full_prompt[-16:]  # the end of the prompt, where the question meets the reply
     assert cut.train_dataset[0]["chosen_ids"] == full.train_dataset[0]["chosen_ids"]
+
+
+def test_gpu_preset_knobs_reach_trl_and_auto_attention_is_sdpa_without_flash_attn(compose_cfg, tmp_path):
+    from trlm.modeling import attention_implementation
+
+    cfg = compose_cfg("stage=sft", "hardware.torch_compile=true")
+    args = args_for(cfg, tmp_path)
+    assert args.torch_compile is True and args.use_liger_kernel is False
+    cuda = compose_cfg("hardware=cuda").hardware
+    assert cuda.attn_implementation == "auto" and cuda.optim == "adamw_torch_fused" and cuda.precision == "bf16"
+    assert attention_implementation(cuda) == "sdpa"  # no flash-attn kernels installed here
+
+
+def test_liger_kernels_asked_for_but_not_installed_is_one_clear_line(compose_cfg):
+    from trlm.validate import check_hardware
+
+    with pytest.raises(TrlmError, match="pip install liger-kernel"):
+        check_hardware(compose_cfg("hardware.liger_kernel=true").hardware)

@@ -218,7 +218,7 @@ class HardwareConfig:
     name: str = MISSING
     accelerator: Accelerator = Accelerator.cpu
     precision: Precision = Precision.fp32
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "sdpa"  # auto: flash_attention_2 where the flash-attn kernels are installed, else sdpa
     devices_per_node: int = 1
     num_nodes: int = 1
     dataloader_num_workers: int = 0
@@ -230,6 +230,8 @@ class HardwareConfig:
     cpu_threads: int | None = None
     # SFT batches without padding: the same rows, batches and loss (trlm/padding_free.py)
     padding_free: bool = True
+    torch_compile: bool = False  # torch.compile the model (GPU presets may turn it on once measured)
+    liger_kernel: bool = False  # Liger's fused kernels (pip install liger-kernel; GPU only)
     # The variable through which this platform's runtime picks GPUs. In a Slurm job the others Slurm
     # sets to the same ids are removed: ROCm filters by ROCR_VISIBLE_DEVICES and then indexes
     # CUDA_VISIBLE_DEVICES into what is left, so both set to "2,3" would leave no device.

@@ -8,6 +8,7 @@ letting transformers retry for a minute.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -80,13 +81,22 @@ def stage_tokenizer(tokenizer: PreTrainedTokenizerBase, stage: StageConfig) -> P
     return tokenizer
 
 
+def attention_implementation(hardware: HardwareConfig) -> str:
+    """The preset's attention; `auto`: flash-attention's varlen kernels where installed (a GPU), else sdpa."""
+    if hardware.attn_implementation != "auto":
+        return hardware.attn_implementation
+    if hardware.accelerator != "cpu" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def load_model(
     source: str, tokenizer: PreTrainedTokenizerBase, hardware: HardwareConfig, new_token_init: str = "random"
 ) -> torch.nn.Module:
     """The causal LM at `source`, its embeddings grown to the tokenizer when tokens were added."""
     # fp32 master weights: bf16/fp16 presets train in autocast mixed precision.
     model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=torch.float32, attn_implementation=hardware.attn_implementation
+        source, dtype=torch.float32, attn_implementation=attention_implementation(hardware)
     )
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=new_token_init == "mean")

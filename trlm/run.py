@@ -38,7 +38,7 @@ from trlm.fsutil import atomic_dir
 from trlm.lineage import StartPoint, resolve_start
 from trlm.locks import FileLock
 from trlm.model_fetch import check_architecture
-from trlm.modeling import load_model, load_tokenizer, resolve_pretrained, tiny_model_dir
+from trlm.modeling import attention_implementation, load_model, load_tokenizer, resolve_pretrained, tiny_model_dir
 from trlm.padding_free import make_padding_free
 from trlm.paths import project_path
 from trlm.preemption import PreemptionCheckpoint
@@ -285,7 +285,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
     callbacks = [MetricsLog(run_dir / METRICS), CheckpointMarker(), preemption, *([reporter] if reporter else [])]
     trainer = build_trainer(stage, args, model, tokenizer, blend["train"], blend.get("eval"), callbacks)
     if stage.trainer == TrainerKind.sft and cfg.hardware.padding_free and not stage.recipe.packing:
-        make_padding_free(trainer, model, cfg.hardware.attn_implementation)
+        make_padding_free(trainer, model, attention_implementation(cfg.hardware))
     generate = "eval" in blend and stage.evaluation.generate
     conversations = TRAINERS[stage.trainer].held_out(blend["eval"]) if generate else []
     checkpoint = latest_complete_checkpoint(Path(args.output_dir)) if cfg.run.resume else None

@@ -133,6 +133,8 @@ def hardware_arguments(hardware: HardwareConfig) -> dict[str, Any]:
         "dataloader_num_workers": hardware.dataloader_num_workers,
         "optim": hardware.optim,
         "torch_empty_cache_steps": hardware.torch_empty_cache_steps,
+        "torch_compile": hardware.torch_compile,
+        "use_liger_kernel": hardware.liger_kernel,
     }
 
 

@@ -8,6 +8,7 @@ computes all stop here with one line naming the key.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Callable, Iterator
 
 import torch
@@ -168,6 +169,8 @@ def check_hardware(hardware: HardwareConfig) -> None:
             raise TrlmError(f"{name} trains in bf16, which this GPU does not support; set hardware.precision=fp16")
     elif hardware.precision != Precision.fp32:
         raise TrlmError(f"{name} asks for {hardware.precision.value} on CPU, which trlm does not train in; use fp32")
+    if hardware.liger_kernel and importlib.util.find_spec("liger_kernel") is None:
+        raise TrlmError(f"{name} asks for Liger kernels (hardware.liger_kernel=true): pip install liger-kernel")
     expected_ranks = hardware.devices_per_node * hardware.num_nodes
     if world_size() != expected_ranks:
         raise TrlmError(
