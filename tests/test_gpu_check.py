@@ -1,0 +1,28 @@
+"""bench/gpu_check.py is ready for the next GPU: its dry run on CPU measures every case and writes them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from trlm.paths import PROJECT_ROOT
+
+
+@pytest.mark.slow
+def test_the_gpu_check_dry_runs_on_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    script = PROJECT_ROOT / "bench" / "gpu_check.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--dry-run", "--out", str(out)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["card"] == "cpu (dry run)"
+    for length in (128, 256):
+        padded, free = figures[f"padded@{length}"], figures[f"padding_free@{length}"]
+        assert free["token_efficiency"] == 1.0 > padded["token_efficiency"]  # padding-free computes no padding
+        assert padded["effective_tokens_per_s"] > 0 and free["effective_tokens_per_s"] > 0
+        assert figures[f"speedup@{length}"] > 0
