@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 from trl import SFTConfig, SFTTrainer
 
-from trlm.padding_free import DOCUMENT_ATTENTION, make_padding_free
+from trlm.padding_free import DOCUMENT_ATTENTION, keep_rows_apart, make_padding_free
 
 LENGTHS = [1, 7, 23, 4]  # very different lengths, and a row of one token
 
@@ -55,7 +55,7 @@ def test_a_padded_batch_still_gets_the_usual_masked_attention():
     torch.testing.assert_close(got[1, :2], expected[1, :2])
 
 
-def one_step(padding_free: bool, tmp_path, attn: str = "sdpa"):
+def one_step(padding_free: bool, tmp_path, attn: str = "sdpa", packing: bool = False):
     from trlm.demo.tokenizer import train_demo_tokenizer
 
     tokenizer = train_demo_tokenizer(vocab_size=97)
@@ -65,10 +65,13 @@ def one_step(padding_free: bool, tmp_path, attn: str = "sdpa"):
     rows = Dataset.from_dict({"text": texts})
     args = SFTConfig(output_dir=str(tmp_path / str(padding_free)), max_steps=1, per_device_train_batch_size=4,
                      learning_rate=1e-2, report_to=[], max_length=12, seed=0, use_cpu=True, save_strategy="no",
-                     logging_steps=1, optim="sgd")  # fmt: skip
+                     logging_steps=1, optim="sgd", packing=packing)  # fmt: skip
     # SGD: Adam's first step is about lr * sign(grad), which would amplify rounding into the weights
     trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
-    if padding_free:
+    model.config.use_cache = False  # a cache would join concatenated rows (transformers' packed-mask path too)
+    if padding_free and packing:
+        assert keep_rows_apart(model, attn)
+    elif padding_free:
         assert make_padding_free(trainer, model, attn)
     loss = trainer.train().training_loss
     return loss, {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -83,6 +86,16 @@ def test_one_optimizer_step_padding_free_equals_the_padded_recipe(tmp_path, attn
     assert free_loss == pytest.approx(padded_loss, rel=rel)
     for name, weight in padded_weights.items():
         torch.testing.assert_close(free_weights[name], weight, atol=10 * rel, rtol=10 * rel, msg=name)
+
+
+def test_packed_rows_train_as_the_padded_recipe_when_packing_changes_no_batch(tmp_path):
+    """bfd packing is a change to the recipe (more rows a step), but here every row fits one step: the
+    packed step through trlm_documents must then be the padded recipe's step."""
+    padded_loss, padded_weights = one_step(False, tmp_path / "padded")
+    packed_loss, packed_weights = one_step(True, tmp_path / "packed", packing=True)
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-6)
+    for name, weight in padded_weights.items():
+        torch.testing.assert_close(packed_weights[name], weight, atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_an_attention_that_cannot_keep_rows_apart_trains_padded_with_one_warning(tmp_path, caplog):

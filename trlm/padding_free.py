@@ -96,15 +96,22 @@ def attention_for_padding_free(attn_implementation: str) -> str | None:
     return None
 
 
-def make_padding_free(trainer: Trainer, model: PreTrainedModel, attn_implementation: str) -> bool:
-    """Switches an SFT trainer built padded to padding-free batches; False (and one warning) if it cannot."""
+def keep_rows_apart(model: PreTrainedModel, attn_implementation: str) -> bool:
+    """Gives the model an attention that keeps concatenated rows apart; False if there is none for it."""
     attention = attention_for_padding_free(attn_implementation)
     if attention is None:
-        log.warning("padding-free training needs rows kept apart, which attn_implementation=%s cannot do: "
-                    "training padded (hardware.padding_free=false silences this)", attn_implementation)  # fmt: skip
         return False
     if attention != attn_implementation:
         model.set_attn_implementation(attention)
     model.config.use_cache = False
+    return True
+
+
+def make_padding_free(trainer: Trainer, model: PreTrainedModel, attn_implementation: str) -> bool:
+    """Switches an SFT trainer built padded to padding-free batches; False (and one warning) if it cannot."""
+    if not keep_rows_apart(model, attn_implementation):
+        log.warning("padding-free training needs rows kept apart, which attn_implementation=%s cannot do: "
+                    "training padded (hardware.padding_free=false silences this)", attn_implementation)  # fmt: skip
+        return False
     trainer.data_collator = dataclasses.replace(trainer.data_collator, padding_free=True)
     return True
