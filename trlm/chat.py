@@ -1,0 +1,130 @@
+"""`trlm chat <run dir | model dir>`: talk to a model, the think trace shown apart from the answer.
+
+One-shot with `--prompt "..."` (prints the reply and exits), else interactive: a conversation that
+keeps its history, until Ctrl-D or Ctrl-C. Tokens stream as they are generated; on a terminal the
+`<think>` trace is dimmed and the answer plain. The system prompt is the stage's (a finished
+model's chat template carries it), or `--system`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+from trlm.errors import TrlmError
+from trlm.run_dir import FINAL, SUMMARY
+
+DIM, RESET = "\033[2m", "\033[0m"
+
+
+def model_dir(given: str) -> Path:
+    """The model a path names: a model directory, or a run directory's finished `final/`."""
+    path = Path(given).expanduser()
+    if not path.exists():
+        raise TrlmError(f"{given} does not exist")
+    if (path / "config.json").exists():
+        if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
+            raise TrlmError(f"{given} holds a config but no weights: a half-written model directory")
+        return path
+    if (path / FINAL / "config.json").exists() and (path / SUMMARY).exists():
+        return path / FINAL
+    if (path / "checkpoints").exists() or (path / FINAL).exists():
+        raise TrlmError(f"{given} is a run that has not finished (no {SUMMARY}): nothing to chat with yet")
+    raise TrlmError(f"{given} is neither a model directory nor a run directory")
+
+
+class ThinkPrinter:
+    """Prints streamed text, dimming what lies between <think> and </think> on a terminal.
+
+    A tag may arrive split across pieces: a piece's tail that could begin one is held back until
+    the next piece says whether it does."""
+
+    def __init__(self, out=None) -> None:
+        self.out = out or sys.stdout
+        self.in_think, self.pending = False, ""
+        self.color = self.out.isatty()
+
+    def write(self, text: str) -> None:
+        from trlm.chat_template import THINK_END, THINK_START
+
+        text, self.pending = self.pending + text, ""
+        while text:
+            tag = THINK_END if self.in_think else THINK_START
+            before, found, after = text.partition(tag)
+            if not found:
+                held = next((n for n in range(len(tag) - 1, 0, -1) if text.endswith(tag[:n])), 0)
+                self.out.write(text[: len(text) - held])
+                self.pending = text[len(text) - held :]
+                break
+            self.out.write(before)
+            self.in_think = not self.in_think
+            self.out.write(((DIM + tag) if self.in_think else (tag + RESET)) if self.color else tag)
+            text = after
+        self.out.flush()
+
+    def end(self) -> None:
+        self.out.write(self.pending + (RESET if self.color and self.in_think else "") + "\n")
+        self.in_think, self.pending = False, ""
+        self.out.flush()
+
+
+def reply(model, tokenizer, messages: list[dict[str, str]], args: argparse.Namespace) -> str:
+    from transformers import TextIteratorStreamer
+
+    from trlm.chat_template import IM_END
+
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=False)
+    settings = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "streamer": streamer,
+                "eos_token_id": tokenizer.convert_tokens_to_ids(IM_END), "pad_token_id": tokenizer.pad_token_id,
+                "temperature": args.temperature if args.sample else None, "top_p": None, "top_k": None}  # fmt: skip
+    thread = threading.Thread(target=model.generate, kwargs={**inputs, **settings}, daemon=True)
+    thread.start()
+    printer, text = ThinkPrinter(), ""
+    for piece in streamer:
+        piece = piece.split(IM_END)[0]
+        text += piece
+        printer.write(piece)
+    thread.join()
+    printer.end()
+    return text
+
+
+def chat_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="trlm chat", description="talk to a model (Ctrl-D or Ctrl-C ends)")
+    parser.add_argument("model", help="a run directory (its final/) or a model directory")
+    parser.add_argument("--prompt", help="one message: print the reply and exit")
+    parser.add_argument("--system", help="a system prompt (default: the stage's, from the chat template)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--sample", action="store_true", help="sample (default: greedy)")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    args = parser.parse_args(argv)
+    directory = model_dir(args.model)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from trlm.chat_template import chatml_template
+
+    hf_logging.disable_progress_bar()  # the conversation is the output
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if not tokenizer.chat_template:  # a base model without one: trlm's ChatML
+        tokenizer.chat_template = chatml_template("You are a helpful AI assistant.", generation_markers=False)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    if args.prompt is not None:
+        reply(model, tokenizer, [*messages, {"role": "user", "content": args.prompt}], args)
+        return 0
+    try:
+        while True:
+            said = input("you> ")
+            if not said.strip():
+                continue
+            messages.append({"role": "user", "content": said})
+            messages.append({"role": "assistant", "content": reply(model, tokenizer, messages, args)})
+    except (EOFError, KeyboardInterrupt):
+        print()
+    return 0
