@@ -36,12 +36,29 @@ def test_answers_compare_after_the_trace_whitespace_normalised():
         GOOD,
     ]
     metrics = score_replies(replies, [reference] * 4, expect_think=True)
-    assert metrics == {"eval_prompts": 4.0, "answer_accuracy": 0.5, "think_format_rate": 0.75}
+    assert metrics["answer_accuracy"] == 0.5 and metrics["think_format_rate"] == 0.75
+    assert metrics["answer_accuracy_stripped"] == 0.75  # the malformed right answer counts once stripped
 
 
 def test_without_thinking_the_whole_reply_is_the_answer():
-    metrics = score_replies(["2 + 3 = 5.", "2 + 3 = 6."], ["2 + 3 = 5.", "2 + 3 = 5."], expect_think=False)
-    assert metrics == {"eval_prompts": 2.0, "answer_accuracy": 0.5}
+    metrics = score_replies(["2 + 3 = 5.", "<think>x</think>2 + 3 = 6."], ["2 + 3 = 5."] * 2, expect_think=False)
+    assert metrics == {"eval_prompts": 2.0, "answer_accuracy": 0.5, "answer_accuracy_stripped": 0.5,
+                       "think_leak_rate": 0.5}  # fmt: skip
+
+
+def test_think_format_metrics_on_hand_made_generations():
+    replies = [
+        GOOD,                                                   # well-formed: 3 trace words
+        "<think>\n2 + 3 = 5\nThe answer is 5.",                  # unbalanced
+        "<think>\n</think>\nThe answer is 5.",                   # empty trace
+        "<think>\n2 + 3 = 5\n</think>\n",                        # missing answer
+        "<think>a b</think>\nThe answer is 5. <think>more</think>",  # leaked tags after the trace
+    ]  # fmt: skip
+    metrics = score_replies(replies, [GOOD] * 5, expect_think=True)
+    assert metrics["think_format_rate"] == 0.2 and metrics["answer_accuracy"] == 0.2
+    assert metrics["think_empty_rate"] == 0.2 and metrics["think_leak_rate"] == 0.2
+    assert metrics["mean_trace_words"] == 5.0  # "2 + 3 = 5": five words, in the one well-formed trace
+    assert metrics["answer_accuracy_stripped"] == 0.4  # GOOD, and the empty-trace reply's answer
 
 
 def test_split_last_reply_takes_the_final_assistant_turn():

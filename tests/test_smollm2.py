@@ -67,23 +67,37 @@ def test_the_stage_template_on_the_real_tokenizer_is_smollm2s_own_chatml_token_f
 
 
 def test_the_real_base_model_answers_through_trlms_evaluation(smollm2, compose_cfg):
+    """trlm's evaluation generates what plain transformers generates from the real model: real text."""
+    import torch
+
     from trlm.evaluation import generation_eval
     from trlm.modeling import load_model
 
     _, directory = smollm2
-    cfg = compose_cfg("stage=sft", "model=smollm2_135m_local", "stage.evaluation.max_new_tokens=12")
+    cfg = compose_cfg("stage=sft", "model=smollm2_135m_local", "stage.evaluation.max_new_tokens=16")
     tokenizer = stage_tokenizer(AutoTokenizer.from_pretrained(directory), cfg.stage)
     model = load_model(str(directory), tokenizer, cfg.hardware)
-    conversations = [[{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}]]
+    conversations = [[{"role": "user", "content": "What is the capital of France?"},
+                      {"role": "assistant", "content": "Paris"}]]  # fmt: skip
     metrics, samples = generation_eval(model, tokenizer, conversations, cfg.stage.evaluation, expect_think=False)
-    assert "5" in samples[0]["reply"] and metrics["answer_accuracy"] == 1.0  # SmolLM2 can add
+    prompt = tokenizer.apply_chat_template(conversations[0][:1], add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)  # fmt: skip
+    with torch.no_grad():
+        plain = model.generate(**prompt, max_new_tokens=16, do_sample=False, eos_token_id=2, pad_token_id=2)
+    expected = tokenizer.decode(plain[0, prompt["input_ids"].shape[1] :], skip_special_tokens=False).split(
+        "<|im_end|>"
+    )[0]
+    assert samples[0]["reply"] == expected
+    assert len(expected.split()) >= 3 and expected.isprintable()  # words, not the noise of random weights
+    assert set(metrics) == {"eval_prompts", "answer_accuracy", "answer_accuracy_stripped", "think_leak_rate"}
 
 
 def test_the_three_report_stages_on_the_real_model_offline_in_lineage(smollm2, run_cli, tmp_path):
     _, directory = smollm2
+    # A handful of short steps; held-out rows and prompts cut to a few (the real model is slow on CPU).
     quick = ["experiment=smollm2_demo", f"model.package.directory={directory}", "stage.recipe.max_steps=2",
              "stage.recipe.per_device_train_batch_size=2", "stage.recipe.gradient_accumulation_steps=1",
-             "stage.recipe.max_length=192", "stage.evaluation.max_prompts=2",
+             "stage.recipe.max_length=192", "data.eval_size=2", "stage.evaluation.max_prompts=2",
              "stage.evaluation.max_new_tokens=8"]  # fmt: skip
     for stage in ("sft", "sft_think", "dpo"):
         result = run_cli(f"stage={stage}", *quick, env={"HF_HUB_OFFLINE": "1"})

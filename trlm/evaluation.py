@@ -75,19 +75,43 @@ def generate_replies(
     return replies
 
 
+def answer_of(text: str) -> str:
+    """The final answer with any trace stripped: the text after the last `</think>` (or all of it)."""
+    return normalise(text.rpartition(THINK_END)[2] if THINK_END in text else text)
+
+
 def score_replies(replies: list[str], references: list[str], expect_think: bool) -> dict[str, float]:
-    well_formed, correct = 0, 0
-    for reply, reference in zip(replies, references, strict=True):
-        if expect_think:
-            parsed, wanted = parse_think_reply(reply), parse_think_reply(reference)
-            well_formed += parsed.well_formed
-            correct += parsed.well_formed and parsed.answer == wanted.answer
-        else:
-            correct += normalise(reply) == normalise(reference)
+    """The think-format metrics, one place for the stage evaluation and the sweep objective.
+
+    answer_accuracy: well-formed (when thinking) and the right answer; answer_accuracy_stripped:
+    the right answer after stripping whatever trace there is; think_format_rate: well-formed share;
+    think_empty_rate: replies whose trace is empty; think_leak_rate: think tags where none belong
+    (in the answer after the trace, a second block, or any tag in a stage without thinking);
+    mean_trace_words: words inside well-formed traces, averaged over them.
+    """
     n = len(replies)
-    metrics = {"eval_prompts": float(n), "answer_accuracy": correct / n}
+    correct = stripped = well_formed = empty = leaked = trace_words = 0
+    for reply, reference in zip(replies, references, strict=True):
+        stripped += answer_of(reply) == answer_of(reference)
+        if not expect_think:
+            correct += normalise(reply) == normalise(reference)
+            leaked += THINK_START in reply or THINK_END in reply
+            continue
+        parsed, wanted = parse_think_reply(reply), parse_think_reply(reference)
+        well_formed += parsed.well_formed
+        correct += parsed.well_formed and parsed.answer == wanted.answer
+        trace = (
+            reply.strip()[len(THINK_START) :].partition(THINK_END)[0] if reply.strip().startswith(THINK_START) else ""
+        )
+        empty += reply.strip().startswith(THINK_START) and THINK_END in reply and not trace.strip()
+        after = reply.partition(THINK_END)[2]
+        leaked += THINK_START in after or THINK_END in after
+        trace_words += len(trace.split()) if parsed.well_formed else 0
+    metrics = {"eval_prompts": float(n), "answer_accuracy": correct / n, "answer_accuracy_stripped": stripped / n,
+               "think_leak_rate": leaked / n}  # fmt: skip
     if expect_think:
-        metrics["think_format_rate"] = well_formed / n
+        metrics.update(think_format_rate=well_formed / n, think_empty_rate=empty / n,
+                       mean_trace_words=trace_words / well_formed if well_formed else 0.0)  # fmt: skip
     return metrics
 
 
