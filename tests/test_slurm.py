@@ -61,9 +61,9 @@ def test_two_ranks_as_two_slurm_tasks_on_one_node_or_two(run_cli, tmp_path, layo
 
 @requires_cluster
 def test_a_sweep_on_the_mi300x_preset_packs_one_trial_per_gpu_eight_per_node(run_cli, tmp_path):
-    """10 single-GPU trials on two 8-GPU nodes: all at once, each on its own GPU, at most 8 on a node.
+    """9 single-GPU trials on two 8-GPU nodes: all at once, each on its own GPU, at most 8 on a node.
     The production preset against the dev cluster (local_slurm = mi300x + what a 2-core box gives)."""
-    trials = 10
+    trials = 9
     result = run_cli("-m", "experiment=demo", "stage=sft", "sweep=lr", "launcher=local_slurm", "hardware=mi300x",
                      "hardware.accelerator=cpu", "hardware.precision=fp32", "hardware.optim=adamw_torch",
                      "hardware.dataloader_num_workers=0", f"hydra.sweeper.n_trials={trials}",

@@ -95,14 +95,14 @@ def test_the_real_base_model_answers_through_trlms_evaluation(smollm2, compose_c
 def test_the_three_report_stages_on_the_real_model_offline_in_lineage(smollm2, run_cli, tmp_path):
     _, directory = smollm2
     # A handful of short steps; held-out rows and prompts cut to a few (the real model is slow on CPU).
-    quick = ["experiment=smollm2_demo", f"model.package.directory={directory}", "stage.recipe.max_steps=2",
+    quick = ["experiment=smollm2_demo", f"model.package.directory={directory}", "stage.recipe.max_steps=1",
              "stage.recipe.per_device_train_batch_size=2", "stage.recipe.gradient_accumulation_steps=1",
              "stage.recipe.max_length=192", "data.eval_size=2", "stage.evaluation.max_prompts=2",
              "stage.evaluation.max_new_tokens=8"]  # fmt: skip
     for stage in ("sft", "sft_think", "dpo"):
         result = run_cli(f"stage={stage}", *quick, env={"HF_HUB_OFFLINE": "1"})
         assert result.returncode == 0, result.stderr[-3000:]
-        assert Summary.load(tmp_path / "outputs" / "smollm2_demo" / stage / "summary.json").global_step == 2
+        assert Summary.load(tmp_path / "outputs" / "smollm2_demo" / stage / "summary.json").global_step == 1
     think = json.loads((tmp_path / "outputs" / "smollm2_demo" / "dpo" / "run.json").read_text())
     assert think["start"]["kind"] == "previous_stage" and think["start"]["source"].endswith("sft_think/final")
 

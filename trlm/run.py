@@ -39,7 +39,7 @@ from trlm.lineage import StartPoint, resolve_start
 from trlm.locks import FileLock
 from trlm.model_fetch import check_architecture
 from trlm.modeling import attention_implementation, load_model, load_tokenizer, resolve_pretrained, tiny_model_dir
-from trlm.padding_free import keep_rows_apart, make_padding_free
+from trlm.padding_free import attention_for_padding_free, keep_rows_apart, make_padding_free
 from trlm.paths import project_path
 from trlm.preemption import PreemptionCheckpoint
 from trlm.pruning import TrialReporter, check_prunable, reports_to_trial
@@ -224,6 +224,9 @@ def run_stage(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> floa
     check_config(cfg)
     check_hardware(cfg.hardware)
     check_prunable(cfg)
+    if cfg.stage.recipe.packing and attention_for_padding_free(attention_implementation(cfg.hardware)) is None:
+        raise TrlmError(f"stage.recipe.packing needs an attention that keeps rows apart, which "
+                        f"attn_implementation={cfg.hardware.attn_implementation} cannot: use sdpa")  # fmt: skip
     tracking.check(cfg)
     start = resolve_start(cfg)
     stage = cfg.stage
@@ -285,9 +288,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
     callbacks = [MetricsLog(run_dir / METRICS), CheckpointMarker(), preemption, *([reporter] if reporter else [])]
     trainer = build_trainer(stage, args, model, tokenizer, blend["train"], blend.get("eval"), callbacks)
     if stage.trainer == TrainerKind.sft and stage.recipe.packing:  # TRL's bfd packing concatenates rows itself
-        if not keep_rows_apart(model, attention_implementation(cfg.hardware)):
-            raise TrlmError(f"stage.recipe.packing needs an attention that keeps rows apart; "
-                            f"attn_implementation={cfg.hardware.attn_implementation} cannot: use sdpa")  # fmt: skip
+        keep_rows_apart(model, attention_implementation(cfg.hardware))  # checked possible in run_stage
     elif stage.trainer == TrainerKind.sft and cfg.hardware.padding_free:
         make_padding_free(trainer, model, attention_implementation(cfg.hardware))
     generate = "eval" in blend and stage.evaluation.generate
