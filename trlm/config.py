@@ -206,8 +206,9 @@ class ModelConfig:
     # config.json values a directory must have to be this model (checked on fetch and on load)
     architecture: dict[str, Any] = field(default_factory=dict)
     # Rows of tokens a stage adds (<think>, </think>): drawn at random (norm ~ the init std), or the
-    # mean of the existing rows (transformers' mean_resizing, as the reference), which sits among
-    # the rows a pretrained model has learned.
+    # mean of the existing rows (transformers' mean_resizing, as the reference). Random on evidence:
+    # mean rows start equal and, tied to the output layer, stay so; the real model then wrote
+    # </think> for <think> (README, "Think-token rows").
     new_token_init: NewTokenInit = NewTokenInit.random
 
 
