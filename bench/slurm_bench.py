@@ -13,7 +13,6 @@ docs/bench/slurm.json. Nothing else may use the cores meanwhile: the figures are
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -21,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from record import record  # bench/record.py (this folder is on the path)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 4
@@ -81,10 +82,7 @@ def main() -> None:
         work = Path(tmp)
         figures = {"machine": f"{os.cpu_count()} cores, local dev cluster (2 nodes x 8 fake GPUs)",
                    **submission_latency(work / "latency"), **overhead_per_trial(work)}  # fmt: skip
-    out = ROOT / "docs" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "slurm.json").write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
+    record("slurm", figures)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,14 @@ Nothing else may use the cores meanwhile: the figures are wall times.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from record import record  # bench/record.py (this folder is on the path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -90,10 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         figures = {"machine": f"{os.cpu_count()} cores", **asynchronous_vs_batches(work), **pruning_on_vs_off(work)}
-    out = ROOT / "docs" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
+    record("sweep", figures)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from record import record  # bench/record.py (this folder is on the path)
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
     "tiny_llama (demo)": {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
@@ -124,9 +126,7 @@ def main() -> None:
     # What `trlm plan` estimates time from: effective tokens/s per device, by <hardware>/<model> preset.
     tiny = figures["models"]["tiny_llama (demo)"]["tokens_per_s"]["trlm"]
     figures["throughput_tokens_per_s"] = {"cpu/tiny_llama": tiny}
-    out = ROOT / "docs" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train.json").write_text(json.dumps(figures, indent=2) + "\n")
+    out = record("train", figures).parent
     lines = ["# Training speed (bench/train_bench.py)", "",
              f"{figures['machine']}, rows up to {MAX_LENGTH} tokens.", "",
              "| model | speedup (tokens/s) | token efficiency | reference efficiency | DPO step, precomputed ref |",
