@@ -20,7 +20,7 @@ register_configs()
 register_resolvers()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # stateless: module- and session-scoped fixtures may use it too
 def compose_cfg() -> Callable[..., DictConfig]:
     def _compose(*overrides: str) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

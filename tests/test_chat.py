@@ -83,23 +83,10 @@ def through_a_terminal(args: list[str], typed: list[bytes] = (), timeout: float 
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, compose_cfg_module):
+def tiny_model(tmp_path_factory, compose_cfg):
     from trlm.modeling import tiny_model_dir
 
-    return tiny_model_dir(compose_cfg_module("experiment=demo").model.tiny, tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def compose_cfg_module():
-    from hydra import compose, initialize_config_dir
-
-    from trlm.paths import CONF_DIR
-
-    def _compose(*overrides):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="train", overrides=list(overrides))
-
-    return _compose
+    return tiny_model_dir(compose_cfg("experiment=demo").model.tiny, tmp_path_factory.mktemp("cache"))
 
 
 @pytest.mark.slow
