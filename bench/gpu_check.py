@@ -4,16 +4,29 @@
     .venv/bin/python bench/gpu_check.py --dry-run  # anywhere: a 1-layer shape on CPU, fp32, short rows
 
 Random weights from SmolLM2-135M's config, bf16 autocast, AdamW (fused on GPU), rows of long-tailed
-lengths (lognormal, median ~300 tokens) up to 2048 and up to 4096 tokens, a batch of 16 rows: the
-padded reference (padding to the longest row) against padding-free (rows concatenated, kept apart
-by flash-attention varlen where installed, else trlm's per-row sdpa). Effective tokens/s counts
-the rows' own tokens; MFU = 6 x parameters x effective tokens/s / the card's peak dense bf16 FLOP/s.
+lengths (lognormal, median ~300 tokens) up to 2048 and up to 4096 tokens, a batch of 16 rows. Cases:
+- `padded`: the reference (sdpa, padding to the longest row);
+- `padding_free`: rows concatenated and kept apart by trlm's attention (on a GPU torch's own flash
+  varlen kernel, one call per layer);
+- `padding_free_per_row`: the same, rows kept apart one sdpa call per row (what a GPU whose torch
+  lacks the varlen kernel gets, and the CPU path);
+- `+liger`: the same with Liger's kernels (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE), when
+  liger-kernel is importable (each in a process of its own); `+compile`: torch.compile, with `--compile`.
+Effective tokens/s counts the rows' own tokens; MFU = 6 x parameters x effective tokens/s / the card's
+peak dense bf16 FLOP/s (attention FLOPs left out, so MFU reads low for long rows).
+Before timing, a correctness check: each row's logits from the concatenated batch against the row
+run alone, for every isolating attention and for a leaking one (plain causal sdpa over the
+concatenation) that shows the check can fail.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import gc
+import importlib.util
 import json
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -24,11 +37,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trlm.padding_free import DOCUMENT_ATTENTION  # noqa: E402  (registers trlm's per-row attention)
+from trlm import padding_free  # noqa: E402  (registers trlm's per-row attention)
 
 SMOLLM2 = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
            "num_attention_heads": 9, "num_key_value_heads": 3, "tie_word_embeddings": True}  # fmt: skip
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "MI300X": 1307.0, "A100": 312.0}  # dense, vendor figures
+TIME_BUDGET_S = 270  # cases still to run when this is spent are skipped (and said so): the check stays <= 5 min
 
 
 def batches(max_length: int, batch: int, steps: int, vocab: int, seed: int = 0) -> list[list[torch.Tensor]]:
@@ -60,22 +74,44 @@ def packed_inputs(rows: list[torch.Tensor], device: str) -> dict:
             "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}  # fmt: skip
 
 
-def measure(shape: dict, mode: str, max_length: int, batch: int, steps: int, device: str, dtype) -> dict:
+def per_row_only(enabled: bool) -> None:
+    """Turns torch's varlen kernel off (one sdpa call per row) or back to what this torch can do."""
+    if enabled:
+        padding_free.varlen_works = lambda device, dtype: False  # type: ignore[assignment]
+    else:
+        padding_free.varlen_works = VARLEN_WORKS
+
+
+VARLEN_WORKS = padding_free.varlen_works
+
+
+def build_model(shape: dict, attention: str, device: str, liger: bool = False, compile_model: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    if liger:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        apply_liger_kernel_to_llama()  # patches the Llama classes: build the model after it
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=4096, use_cache=False, **shape)).to(device)
-    flash = device == "cuda" and __import__("importlib").util.find_spec("flash_attn") is not None
-    model.set_attn_implementation(
-        "sdpa" if mode == "padded" else ("flash_attention_2" if flash else DOCUMENT_ATTENTION)
-    )
+    model.set_attn_implementation(attention)
+    return torch.compile(model, dynamic=True) if compile_model else model
+
+
+def case(mode: str, shape, max_length, batch, steps, device, dtype) -> dict:
+    padded = mode.startswith("padded")
+    per_row_only("per_row" in mode)
+    model = build_model(shape, "sdpa" if padded else padding_free.DOCUMENT_ATTENTION, device,
+                        liger="+liger" in mode, compile_model="+compile" in mode)  # fmt: skip
+    parameters = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
-    work = batches(max_length, batch, steps + 1, shape["vocab_size"])
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    warmup = 3 if "+compile" in mode else 2
+    work = batches(max_length, batch, steps + warmup, shape["vocab_size"])
     elapsed = 0.0
     for step, rows in enumerate(work):
-        inputs = (padded_inputs if mode == "padded" else packed_inputs)(rows, device)
+        if step == warmup and device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        inputs = (padded_inputs if padded else packed_inputs)(rows, device)
         if device == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
@@ -86,47 +122,119 @@ def measure(shape: dict, mode: str, max_length: int, batch: int, steps: int, dev
         optimizer.zero_grad(set_to_none=True)
         if device == "cuda":
             torch.cuda.synchronize()
-        if step:  # the first step warms up
+        if step >= warmup:
             elapsed += time.perf_counter() - started
-    real = sum(len(r) for rows in work[1:] for r in rows)
-    computed = real if mode != "padded" else sum(max(len(r) for r in rows) * len(rows) for rows in work[1:])
+    timed = work[warmup:]
+    real = sum(len(r) for rows in timed for r in rows)
+    computed = sum(max(len(r) for r in rows) * len(rows) for rows in timed) if padded else real
     return {
         "effective_tokens_per_s": round(real / elapsed),
+        "step_ms": round(1000 * elapsed / len(timed), 1),
         "token_efficiency": round(real / computed, 3),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
-        "parameters": model.num_parameters(),
+        "parameters": parameters,
     }
+
+
+@torch.no_grad()
+def rows_kept_apart(shape: dict, device: str, dtype) -> dict:
+    """Max |logit difference| between each row in a concatenated batch and the row alone, per attention."""
+    shape = {**shape, "num_hidden_layers": 2}
+    rows = [torch.arange(3, 3 + n) % shape["vocab_size"] for n in (1, 7, 300, 40, 1000)]
+    report = {}
+    for name, attention, per_row in (("varlen", padding_free.DOCUMENT_ATTENTION, False),
+                                     ("varlen_position_ids_only", padding_free.DOCUMENT_ATTENTION, False),
+                                     ("per_row", padding_free.DOCUMENT_ATTENTION, True),
+                                     ("leaking_sdpa", "sdpa", False)):  # fmt: skip
+        if name.startswith("varlen") and not (device == "cuda" and VARLEN_WORKS(torch.device(device), dtype)):
+            continue
+        per_row_only(per_row)
+        model = build_model(shape, attention, device).eval()
+        with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
+            inputs = packed_inputs(rows, device)
+            if name == "varlen_position_ids_only":  # boundaries found from where the positions restart
+                inputs = {"input_ids": inputs["input_ids"], "position_ids": inputs["position_ids"]}
+            if attention == "sdpa":  # a 2D mask beside position ids: causal over the whole concatenation
+                inputs = {**inputs, "attention_mask": torch.ones_like(inputs["input_ids"])}
+            packed = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits[0].float()
+            model.set_attn_implementation("sdpa")
+            alone = torch.cat([model(input_ids=r[None].to(device)).logits[0].float() for r in rows])
+        report[name] = round(float((packed - alone).abs().max()), 4)
+    report["logit_scale"] = round(float(alone.abs().max()), 2)
+    per_row_only(False)
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="a 1-layer shape on CPU, fp32, short rows, one step")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (the slowest case, run last)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps a case (each after warm-up steps)")
+    parser.add_argument("--budget", type=float, default=TIME_BUDGET_S, help="seconds after which cases are skipped")
     parser.add_argument("--out", type=Path, default=None, help="the JSON to write (default docs/bench/gpu-<card>.json)")
     args = parser.parse_args()
     if not args.dry_run and not torch.cuda.is_available():
         raise SystemExit("no GPU here: run with --dry-run to check the script on CPU")
+    began = time.perf_counter()
     device = "cpu" if args.dry_run else "cuda"
     card = "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name()
     shape = {**SMOLLM2, "num_hidden_layers": 1, "vocab_size": 1024} if args.dry_run else SMOLLM2
     lengths = (128, 256) if args.dry_run else (2048, 4096)
     dtype = torch.float32 if args.dry_run else torch.bfloat16
-    batch, steps = (2, 1) if args.dry_run else (16, 5)
+    batch, steps = (2, 1) if args.dry_run else (16, args.steps)
     peak = next((tflops for name, tflops in PEAK_BF16_TFLOPS.items() if name in card.upper()), None)
-    results = {"card": card, "dtype": str(dtype).removeprefix("torch."), "batch": batch, "timed_steps": steps}
-    for max_length in lengths:
-        for mode in ("padded", "padding_free"):
-            figures = measure(shape, mode, max_length, batch, steps, device, dtype)
-            flops = 6 * figures["parameters"] * figures["effective_tokens_per_s"]
-            figures["mfu"] = round(flops / (peak * 1e12), 4) if peak and not args.dry_run else None
-            results[f"{mode}@{max_length}"] = figures
-            print(f"{mode:>12} @ {max_length}: {figures}", flush=True)
-        results[f"speedup@{max_length}"] = round(
-            results[f"padding_free@{max_length}"]["effective_tokens_per_s"]
-            / results[f"padded@{max_length}"]["effective_tokens_per_s"], 2)  # fmt: skip
+    import transformers
+
+    results = {"card": card, "dtype": str(dtype).removeprefix("torch."), "batch": batch, "timed_steps": steps,
+               "torch": torch.__version__, "transformers": transformers.__version__}  # fmt: skip
+    results["rows_kept_apart"] = rows_kept_apart(shape, device, dtype)
+    print(f"rows kept apart (max |logit diff| vs the row alone): {results['rows_kept_apart']}", flush=True)
+    modes = ["padded", "padding_free", "padding_free_per_row"]
+    cases = [(mode, length) for length in lengths for mode in modes]
+    if args.compile:
+        modes += ["padded+compile", "padding_free+compile"]
+        cases += [("padded+compile", lengths[0]), ("padding_free+compile", lengths[0])]
+    if importlib.util.find_spec("liger_kernel") and not args.dry_run:
+        modes += ["padded+liger", "padding_free+liger"]
+        cases += [(mode, length) for length in lengths for mode in modes[-2:]]
     slug = "".join(c if c.isalnum() else "-" for c in card.lower()).strip("-")
     out = args.out or ROOT / "docs" / "bench" / f"gpu-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.dry_run:  # untimed: the first case would otherwise pay the card's lazy start-up
+        case("padded", shape, lengths[0], batch, 1, device, dtype)
+    for mode, max_length in cases:
+        key = f"{mode}@{max_length}"
+        if time.perf_counter() - began > args.budget:
+            results[key] = {"skipped": f"the check's {args.budget} s budget was spent"}
+            continue
+        gc.collect()  # the last case's model and optimizer: gone, and their cached memory back to the card
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            if "+liger" in mode:  # liger patches the Llama classes for good: its own process, then gone
+                spawn = multiprocessing.get_context("spawn")
+                with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as child:
+                    figures = child.submit(case, mode, shape, max_length, batch, steps, device, dtype).result()
+            else:
+                figures = case(mode, shape, max_length, batch, steps, device, dtype)
+        except Exception as error:  # one case failing (a kernel this card lacks) must not lose the others
+            results[key] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+            print(f"{key:>28}: {results[key]}", flush=True)
+            continue
+        flops = 6 * figures["parameters"] * figures["effective_tokens_per_s"]
+        figures["mfu"] = round(flops / (peak * 1e12), 4) if peak and not args.dry_run else None
+        results[key] = figures
+        print(f"{key:>28}: {figures}", flush=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")  # as it goes: a check cut short keeps its figures
+    for length in lengths:
+        base = results[f"padded@{length}"].get("effective_tokens_per_s")
+        for mode in modes[1:]:
+            figures = results.get(f"{mode}@{length}", {})
+            if base and "effective_tokens_per_s" in figures:
+                results[f"speedup:{mode}@{length}"] = round(figures["effective_tokens_per_s"] / base, 2)
+    results["wall_s"] = round(time.perf_counter() - began)
     out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k.startswith("speedup")}, indent=1))
     print(f"wrote {out}")
 
 

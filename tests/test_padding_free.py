@@ -11,7 +11,16 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 from trl import SFTConfig, SFTTrainer
 
-from trlm.padding_free import DOCUMENT_ATTENTION, keep_rows_apart, make_padding_free
+from trlm import padding_free
+from trlm.padding_free import (
+    DOCUMENT_ATTENTION,
+    attention_for_padding_free,
+    document_attention,
+    keep_rows_apart,
+    make_padding_free,
+    varlen_rows,
+    varlen_works,
+)
 
 LENGTHS = [1, 7, 23, 4]  # very different lengths, and a row of one token
 
@@ -109,3 +118,56 @@ def test_an_attention_that_cannot_keep_rows_apart_trains_padded_with_one_warning
         assert not make_padding_free(trainer, model, "flex_attention")
     assert trainer.data_collator is Trainer.data_collator
     assert caplog.text.count("training padded") == 1
+
+
+def test_a_gpu_without_torchs_varlen_kernel_trains_padded_rather_than_row_by_row(monkeypatch):
+    assert attention_for_padding_free("sdpa", "cpu") == DOCUMENT_ATTENTION  # the per-row loop: fast on CPU
+    assert attention_for_padding_free("sdpa", "cuda") == DOCUMENT_ATTENTION  # torch 2.13 ships varlen
+    assert attention_for_padding_free("flash_attention_2", "cuda") == "flash_attention_2"
+    monkeypatch.setattr(padding_free, "varlen_attn", None)  # an older torch
+    assert attention_for_padding_free("sdpa", "cuda") is None  # the loop ran at 0.16-0.36x padded on an H100
+    assert attention_for_padding_free("eager", "cpu") == DOCUMENT_ATTENTION
+
+
+def test_torchs_varlen_kernel_is_tried_once_and_a_device_without_it_says_so(caplog):
+    with caplog.at_level(logging.WARNING):  # CPU builds of torch have no flash kernel
+        assert not varlen_works(torch.device("cpu"), torch.bfloat16)
+        assert not varlen_works(torch.device("cpu"), torch.bfloat16)
+    assert caplog.text.count("rows kept apart one by one") == 1
+
+
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, is_causal=None, window_size=None,
+                     enable_gqa=False):  # fmt: skip
+    """torch's varlen_attn contract, on CPU: (total, heads, dim) rows attended one by one."""
+    assert is_causal is True or window_size == (-1, 0)
+    assert max_q == max(torch.diff(cu_q).tolist()) and cu_q.dtype == torch.int32
+    if enable_gqa:
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    assert k.shape[1] == q.shape[1]  # without enable_gqa, trlm repeats the key/value heads itself
+    out = [torch.nn.functional.scaled_dot_product_attention(
+        q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1), is_causal=True, scale=scale)
+        for s, e in itertools.pairwise(cu_q.tolist())]  # fmt: skip
+    return torch.cat(out, dim=1).transpose(0, 1)
+
+
+@pytest.mark.parametrize("signature", ["window_size+enable_gqa", "is_causal"], ids=["window_size", "is_causal"])
+@pytest.mark.parametrize("with_boundaries", [True, False], ids=["cu_seq_lens", "position_ids"])
+def test_the_varlen_call_gets_rows_heads_and_boundaries_right(monkeypatch, signature, with_boundaries):
+    """The kernel itself runs on GPUs only (bench/gpu_check.py checks it there); its plumbing here."""
+    monkeypatch.setattr(padding_free, "varlen_attn", reference_varlen)
+    names = {"window_size+enable_gqa": ["window_size", "enable_gqa"], "is_causal": ["is_causal"]}[signature]
+    monkeypatch.setattr(padding_free, "_VARLEN_ARGS", {name: None for name in names})
+    generator = torch.Generator().manual_seed(2)
+    heads, kv_heads, total = 4, 2, sum(LENGTHS)
+    query = torch.randn(1, heads, total, 8, generator=generator)
+    key, value = (torch.randn(1, kv_heads, total, 8, generator=generator) for _ in range(2))
+    spans = [0, *torch.tensor(LENGTHS).cumsum(0).tolist()]
+    kwargs = {"cu_seq_lens_q": torch.tensor(spans, dtype=torch.int32), "max_length_q": max(LENGTHS)}
+    got = varlen_rows(query, key, value, spans, 0.3, heads // kv_heads, torch.float32,
+                      kwargs if with_boundaries else {})  # fmt: skip
+
+    class Attention(torch.nn.Module):
+        num_key_value_groups = heads // kv_heads
+
+    expected, _ = document_attention(Attention().eval(), query, key, value, None, scaling=0.3, **kwargs)
+    torch.testing.assert_close(got, expected)

@@ -6,9 +6,11 @@ into one sequence: position ids restart at each row, labels are masked at each r
 and `cu_seq_lens` marks the boundaries. Each row must then attend only to itself:
 
 - flash-attention varlen kernels (CUDA / ROCm, `flash_attention_2|3`) do that natively;
-- on sdpa and eager (CPU, or GPUs without flash-attention) trlm registers `trlm_documents`: causal
-  sdpa per row of the concatenated batch (O(sum n_i^2), no dense block mask), and, for padded
-  batches (evaluation, generation), plain sdpa with the usual mask;
+- on sdpa and eager trlm registers `trlm_documents`: on a GPU, the flash varlen kernel torch itself
+  ships (`torch.nn.attention.varlen`, no flash-attn package needed; tried once, a build without it
+  falls back with one warning); on CPU, causal sdpa per row of
+  the concatenated batch (O(sum n_i^2), no dense block mask); for padded batches (evaluation,
+  generation), plain sdpa with the usual mask;
 - any other attention cannot isolate rows here: trlm keeps padding and says so once.
 
 TRL 1.16 refuses `padding_free` without packing while `max_length` is set (its collator does not
@@ -20,6 +22,8 @@ KV cache in training: a cache would join the rows.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import itertools
 import logging
 
@@ -28,6 +32,11 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, PreTrainedModel, Trainer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+try:  # torch >= 2.10: flash-attention varlen on CUDA and ROCm, shipped with torch
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # pragma: no cover - older torch
+    varlen_attn = None
 
 log = logging.getLogger(__name__)
 DOCUMENT_ATTENTION = "trlm_documents"
@@ -63,9 +72,12 @@ def document_attention(
     if spans is None:  # a padded or single-row batch: sdpa as usual
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
+    dropout = dropout if module.training else 0.0
+    flash_dtype = half_precision(query)
+    if query.is_cuda and flash_dtype is not None and dropout == 0.0 and varlen_works(query.device, flash_dtype):
+        return varlen_rows(query, key, value, spans, scaling, groups, flash_dtype, kwargs), None
     if groups > 1:
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    dropout = dropout if module.training else 0.0
     rows = [
         F.scaled_dot_product_attention(
             query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout, is_causal=True, scale=scaling
@@ -74,6 +86,51 @@ def document_attention(
         if e > s
     ]
     return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
+
+
+def half_precision(query: torch.Tensor) -> torch.dtype | None:
+    """The dtype flash kernels can run this attention in: the query's, or autocast's; None in plain fp32."""
+    if query.dtype in (torch.float16, torch.bfloat16):
+        return query.dtype
+    device = query.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
+_VARLEN_ARGS = inspect.signature(varlen_attn).parameters if varlen_attn is not None else {}
+
+
+@functools.cache
+def varlen_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch's flash varlen kernel runs on this device (tried once); else the per-row loop, said once."""
+    if varlen_attn is None:
+        return False
+    try:
+        probe = torch.zeros(4, 1, 64, device=device, dtype=dtype)
+        spans = torch.tensor([0, 1, 4], dtype=torch.int32, device=device)
+        varlen_rows(probe[None].transpose(1, 2), probe[None].transpose(1, 2), probe[None].transpose(1, 2),
+                    [0, 1, 4], None, 1, dtype, {"cu_seq_lens_q": spans})  # fmt: skip
+        return True
+    except (RuntimeError, NotImplementedError) as error:
+        log.warning("torch's flash varlen attention does not run on %s (%s): rows kept apart one by one",
+                    device, str(error).splitlines()[0])  # fmt: skip
+        return False
+
+
+def varlen_rows(query, key, value, spans, scaling, groups, dtype, kwargs) -> torch.Tensor:
+    """All rows in one flash varlen call: (1, heads, total, dim) in, (1, total, heads, dim) out."""
+    cu = kwargs.get("cu_seq_lens_q")
+    cu = cu.to(torch.int32) if cu is not None else torch.tensor(spans, dtype=torch.int32, device=query.device)
+    longest = kwargs.get("max_length_q") or max(e - s for s, e in itertools.pairwise(spans))
+    q, k, v = (t[0].transpose(0, 1).to(dtype) for t in (query, key, value))  # (total, heads, dim)
+    options = {"scale": scaling}
+    # torch 2.10/2.11 take is_causal; later releases a (left, right) window, (-1, 0) being causal
+    options.update({"is_causal": True} if "is_causal" in _VARLEN_ARGS else {"window_size": (-1, 0)})
+    if groups > 1:
+        if "enable_gqa" in _VARLEN_ARGS:
+            options["enable_gqa"] = True
+        else:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return varlen_attn(q, k, v, cu, cu, int(longest), int(longest), **options)[None]
 
 
 def document_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs):
@@ -87,18 +144,22 @@ AttentionInterface.register(DOCUMENT_ATTENTION, document_attention)
 AttentionMaskInterface.register(DOCUMENT_ATTENTION, document_mask)
 
 
-def attention_for_padding_free(attn_implementation: str) -> str | None:
-    """The attention that keeps rows apart when batches are concatenated, or None (pad instead)."""
+def attention_for_padding_free(attn_implementation: str, accelerator: str = "cpu") -> str | None:
+    """The attention that keeps rows apart when batches are concatenated, or None (pad instead).
+
+    On a GPU the per-row loop is no option: on an H100 it ran at 0.16-0.36x the padded recipe's
+    tokens/s (docs/bench/gpu-*.json), so without torch's varlen kernel a GPU trains padded.
+    """
     if attn_implementation in VARLEN:
         return attn_implementation
-    if attn_implementation in PER_DOCUMENT:
+    if attn_implementation in PER_DOCUMENT and (accelerator == "cpu" or varlen_attn is not None):
         return DOCUMENT_ATTENTION
     return None
 
 
-def keep_rows_apart(model: PreTrainedModel, attn_implementation: str) -> bool:
+def keep_rows_apart(model: PreTrainedModel, attn_implementation: str, accelerator: str = "cpu") -> bool:
     """Gives the model an attention that keeps concatenated rows apart; False if there is none for it."""
-    attention = attention_for_padding_free(attn_implementation)
+    attention = attention_for_padding_free(attn_implementation, accelerator)
     if attention is None:
         return False
     if attention != attn_implementation:
@@ -107,11 +168,14 @@ def keep_rows_apart(model: PreTrainedModel, attn_implementation: str) -> bool:
     return True
 
 
-def make_padding_free(trainer: Trainer, model: PreTrainedModel, attn_implementation: str) -> bool:
+def make_padding_free(
+    trainer: Trainer, model: PreTrainedModel, attn_implementation: str, accelerator: str = "cpu"
+) -> bool:
     """Switches an SFT trainer built padded to padding-free batches; False (and one warning) if it cannot."""
-    if not keep_rows_apart(model, attn_implementation):
-        log.warning("padding-free training needs rows kept apart, which attn_implementation=%s cannot do: "
-                    "training padded (hardware.padding_free=false silences this)", attn_implementation)  # fmt: skip
+    if not keep_rows_apart(model, attn_implementation, accelerator):
+        log.warning("padding-free training needs rows kept apart, which attn_implementation=%s cannot do fast "
+                    "on %s: training padded (hardware.padding_free=false silences this)",
+                    attn_implementation, accelerator)  # fmt: skip
         return False
     trainer.data_collator = dataclasses.replace(trainer.data_collator, padding_free=True)
     return True

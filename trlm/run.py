@@ -224,9 +224,11 @@ def run_stage(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> floa
     check_config(cfg)
     check_hardware(cfg.hardware)
     check_prunable(cfg)
-    if cfg.stage.recipe.packing and attention_for_padding_free(attention_implementation(cfg.hardware)) is None:
-        raise TrlmError(f"stage.recipe.packing needs an attention that keeps rows apart, which "
-                        f"attn_implementation={cfg.hardware.attn_implementation} cannot: use sdpa")  # fmt: skip
+    attention = attention_implementation(cfg.hardware)
+    if cfg.stage.recipe.packing and attention_for_padding_free(attention, cfg.hardware.accelerator) is None:
+        raise TrlmError(f"stage.recipe.packing needs an attention that keeps rows apart, which attn_implementation="
+                        f"{cfg.hardware.attn_implementation} cannot on {cfg.hardware.accelerator}: use sdpa "
+                        f"(on a GPU: torch >= 2.10, whose flash varlen kernel keeps rows apart)")  # fmt: skip
     tracking.check(cfg)
     start = resolve_start(cfg)
     stage = cfg.stage
@@ -288,9 +290,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
     callbacks = [MetricsLog(run_dir / METRICS), CheckpointMarker(), preemption, *([reporter] if reporter else [])]
     trainer = build_trainer(stage, args, model, tokenizer, blend["train"], blend.get("eval"), callbacks)
     if stage.trainer == TrainerKind.sft and stage.recipe.packing:  # TRL's bfd packing concatenates rows itself
-        keep_rows_apart(model, attention_implementation(cfg.hardware))  # checked possible in run_stage
+        keep_rows_apart(model, attention_implementation(cfg.hardware), cfg.hardware.accelerator)  # checked above
     elif stage.trainer == TrainerKind.sft and cfg.hardware.padding_free:
-        make_padding_free(trainer, model, attention_implementation(cfg.hardware))
+        make_padding_free(trainer, model, attention_implementation(cfg.hardware), cfg.hardware.accelerator)
     generate = "eval" in blend and stage.evaluation.generate
     conversations = TRAINERS[stage.trainer].held_out(blend["eval"]) if generate else []
     checkpoint = latest_complete_checkpoint(Path(args.output_dir)) if cfg.run.resume else None
