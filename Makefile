@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"        # first: a range that admits newer torch would pull a CUDA build
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,gguf]"   # gguf: `trlm model fetch` (and its tests)
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,gguf,eval]"   # gguf: `trlm model fetch`; eval: `trlm eval` (and their tests)
 	touch $(STAMP)
 
 # The three demo stages in order (each resumes or skips if already done), then their figures.

@@ -1,5 +1,5 @@
 """Command-line doors: `python train.py` / `trlm train` and `trlm prepare` (Hydra), `trlm pipeline`,
-`trlm results DIR`, `trlm sweep DIR`.
+`trlm results DIR`, `trlm sweep DIR`, `trlm compare DIR...`.
 
 This module stays light (no torch / TRL import) so that config errors come back at once.
 
@@ -218,6 +218,12 @@ def model(args: list[str]) -> int:
     return fetch_command(args)
 
 
+def compare(args: list[str]) -> int:
+    from trlm.compare import compare_command
+
+    return compare_command(args)
+
+
 def plan(args: list[str]) -> int:
     from trlm.plan import print_plan
 
@@ -234,6 +240,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str, str]] = {  # name: (r
     "plan": (plan, "[key=value ...]", "what a command would launch: jobs, GPUs, nodes, the sbatch script"),
     "results": (results, "DIR", "the figures of every finished run under DIR (e.g. outputs/demo)"),
     "sweep": (sweep, "DIR", "a study's trials, states, values, params and best (also while it runs)"),
+    "compare": (compare, "DIR... [--out DIR]", "runs side by side: table, the report's figures, sweep plots, HTML"),
 }
 
 
