@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python train.py experiment=demo stage=sft
 	$(BIN)/python train.py experiment=demo stage=sft_think
 	$(BIN)/python train.py experiment=demo stage=dpo
+	$(BIN)/trlm eval outputs/demo/dpo tasks=trlm_demo
 	$(BIN)/trlm results outputs/demo
 
 demo-clean:

@@ -29,6 +29,10 @@ from trlm.validate import check_config, check_hardware
         (["experiment=demo", "data.eval_size=0"], "eval_loss is measured on held-out rows"),
         (["experiment=demo", "stage.objective.metric=think_format_rate"], "does not think"),
         (
+            ["experiment=demo", "stage.objective.metric=lm_eval/trlm_demo/answer_accuracy"],
+            r"needs its task in stage.evaluation.lm_eval.tasks \(now \[\]\)",
+        ),
+        (
             [
                 "experiment=demo",
                 "stage=sft_think",

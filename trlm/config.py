@@ -91,6 +91,15 @@ class RecipeConfig:
 
 
 @dataclass
+class LmEvalConfig:
+    """lm-evaluation-harness benchmarks of the final model (trlm/harness.py): none unless tasks are named."""
+
+    tasks: list[str] = field(default_factory=list)  # e.g. [trlm_demo] (offline) or the reference's seven
+    limit: int | None = None  # the first N rows of each task (a quick look; None: all)
+    batch_size: int = 16
+
+
+@dataclass
 class EvalConfig:
     """What the stage measures on the blend's held-out rows after training."""
 
@@ -100,6 +109,7 @@ class EvalConfig:
     temperature: float = 1.0
     batch_size: int = 32
     max_prompts: int = 256
+    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
 
 
 @dataclass

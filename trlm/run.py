@@ -220,10 +220,28 @@ def prepare_inputs(cfg: DictConfig, start: StartPoint, args: TrainingArguments) 
     return StageInputs(start, source, tokenizer, blend, data, fingerprint_parts(cfg, start.record(), data))
 
 
+def benchmarks(cfg: DictConfig, final: Path, run_dir: Path) -> dict[str, float]:
+    """lm-eval on the final model when the stage names tasks (rank 0 runs it, every rank gets the figures)."""
+    harness = cfg.stage.evaluation.lm_eval
+    if not harness.tasks:
+        return {}
+    figures = {}
+    if is_main_process():
+        from trlm.harness import run_lm_eval
+
+        device = "cpu" if cfg.hardware.accelerator == "cpu" else "cuda"  # ROCm's torch answers to "cuda" too
+        figures = run_lm_eval(final, list(harness.tasks), run_dir, harness.limit, harness.batch_size, device)
+    return broadcast_from_main(figures)
+
+
 def run_stage(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> float:
     check_config(cfg)
     check_hardware(cfg.hardware)
     check_prunable(cfg)
+    if cfg.stage.evaluation.lm_eval.tasks:  # an unknown task fails now, not after training
+        from trlm.harness import check_tasks, task_manager
+
+        check_tasks(list(cfg.stage.evaluation.lm_eval.tasks), task_manager())
     attention = attention_implementation(cfg.hardware)
     if cfg.stage.recipe.packing and attention_for_padding_free(attention, cfg.hardware.accelerator) is None:
         raise TrlmError(f"stage.recipe.packing needs an attention that keeps rows apart, which attn_implementation="
@@ -313,6 +331,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
     evaluated, samples = evaluate(trainer, cfg, tokenizer, blend, conversations)
     metrics.update(evaluated)
     final = save_final(trainer, tokenizer, cfg, run_dir)
+    metrics.update(benchmarks(cfg, final, run_dir))
     value = objective(metrics, cfg)
     if not math.isfinite(value):
         log.warning("objective %s is %s", stage.objective.metric, value)

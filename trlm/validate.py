@@ -122,6 +122,11 @@ def check_objective(cfg: DictConfig) -> None:
         )
     if base in GENERATION_METRICS and not stage.evaluation.generate:
         raise TrlmError(f"stage.objective.metric={metric} needs stage.evaluation.generate=true")
+    if metric.startswith("lm_eval/") and metric.split("/")[1] not in stage.evaluation.lm_eval.tasks:
+        raise TrlmError(f"stage.objective.metric={metric} needs its task in stage.evaluation.lm_eval.tasks "
+                        f"(now {list(stage.evaluation.lm_eval.tasks)})")  # fmt: skip
+    if stage.evaluation.lm_eval.tasks and importlib.util.find_spec("lm_eval") is None:
+        raise TrlmError("stage.evaluation.lm_eval.tasks needs lm-evaluation-harness: pip install 'trlm[eval]'")
     if base == "think_format_rate" and not stage.think_tokens:
         raise TrlmError(f"stage.objective.metric={metric}: stage {stage.name} does not think (think_tokens=false)")
 
