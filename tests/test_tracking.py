@@ -9,7 +9,7 @@ import pytest
 
 from trlm import tracking
 from trlm.errors import TrlmError
-from trlm.records import read_jsonl
+from trlm.records import RunRecord, Summary, read_jsonl
 from trlm.wandb_offline import read_runs
 
 DUMMY_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, as a real key
@@ -38,7 +38,8 @@ def test_wandb_groups_stages_of_one_experiment(compose_cfg, monkeypatch, tmp_pat
     tracking.configure(cfg, tmp_path)
     assert tracking.report_to(cfg) == ["wandb"]
     assert os.environ["WANDB_PROJECT"] == "trlm" and os.environ["WANDB_RUN_GROUP"] == "demo"
-    assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_TAGS"].startswith("dpo,cpu")
+    assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_JOB_TYPE"] == "dpo"
+    assert os.environ["WANDB_TAGS"].split(",")[:3] == ["dpo", cfg.data.name, "cpu"]
     assert "WANDB_ENTITY" not in os.environ and os.environ["WANDB_DIR"] == str(tmp_path)
     run_id = os.environ["WANDB_RUN_ID"]
     tracking.configure(cfg, tmp_path)  # a resume of the same run directory: the same W&B run
@@ -48,14 +49,20 @@ def test_wandb_groups_stages_of_one_experiment(compose_cfg, monkeypatch, tmp_pat
     assert os.environ["WANDB_RUN_ID"] != run_id
 
 
-@pytest.mark.parametrize(("env", "setting", "expected"), [
-    (None, None, "online"), ("offline", None, "offline"), ("offline", "online", "online"),
-    (None, "disabled", "disabled"),
+@pytest.mark.parametrize(("env", "setting", "key", "expected"), [
+    (None, None, True, "online"), (None, None, False, "offline"), ("offline", None, True, "offline"),
+    ("offline", "online", False, "online"), (None, "disabled", True, "disabled"),
 ])  # fmt: skip
 def test_the_users_wandb_mode_is_respected_unless_the_config_says_otherwise(
-    compose_cfg, monkeypatch, env, setting, expected
+    compose_cfg, monkeypatch, tmp_path, env, setting, key, expected
 ):
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if key:
+        monkeypatch.setenv("WANDB_API_KEY", DUMMY_KEY)
+    else:
+        monkeypatch.delenv("WANDB_API_KEY", raising=False)
     if env:
         monkeypatch.setenv("WANDB_MODE", env)
     overrides = ["tracking=wandb"] + ([f"tracking.mode={setting}"] if setting else [])
@@ -78,12 +85,14 @@ def test_online_without_a_key_says_so(compose_cfg, monkeypatch, tmp_path):
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(TrlmError, match="no W&B API key"):
-        tracking.check(compose_cfg("tracking=wandb"))
+        tracking.check(compose_cfg("tracking=wandb", "tracking.mode=online"))
+    tracking.check(compose_cfg("tracking=wandb"))  # mode unset: offline, nothing to refuse
 
 
 @pytest.mark.slow
 def test_wandb_mode_offline_from_the_environment_is_honoured(run_cli, tmp_path):
-    args = ["tracking=wandb", "stage.recipe.max_steps=2", "stage.evaluation.generate=false"]
+    args = ["tracking=wandb", "stage.recipe.max_steps=2", "stage.evaluation.max_prompts=3",
+            "stage.evaluation.max_new_tokens=4"]  # fmt: skip
     started = time.monotonic()
     result = run_cli("experiment=demo", "stage=sft", *args, env={"WANDB_MODE": "offline", "WANDB_API_KEY": DUMMY_KEY})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -95,6 +104,17 @@ def test_wandb_mode_offline_from_the_environment_is_honoured(run_cli, tmp_path):
     assert logged_here and [row["train/global_step"] for row in offline.history if "train/loss" in row] == logged_here
     assert offline.config["learning_rate"] == pytest.approx(2e-3) and offline.config["max_steps"] == 2
     assert "train/loss" in offline.summary and (run_dir / "summary.json").exists()
+    # one run per stage, grouped by experiment, typed by stage, tagged, carrying trlm's own record
+    record = RunRecord.load(run_dir / "run.json")
+    assert (offline.group, offline.job_type) == ("demo", "sft")
+    assert {"sft", "cpu", f"git-{record.git['sha'][:8]}", f"data-{record.data['sha256'][:8]}"} <= set(offline.tags)
+    assert offline.config["trlm"]["stage"]["recipe"]["max_steps"] == 2
+    assert offline.config["data_sha256"] == record.data["sha256"]
+    final = Summary.load(run_dir / "summary.json").metrics
+    assert offline.summary["final/answer_accuracy"] == final["answer_accuracy"]
+    assert offline.summary["final/eval_loss"] == pytest.approx(final["eval_loss"])
+    (table,) = [row for row in offline.history if "eval/samples/_type" in row]  # W&B flattens a table's record
+    assert table["eval/samples/_type"] == "table-file" and table["eval/samples/nrows"] == 3  # sampled generations
     logged = (run_dir / "train.log").read_text() + result.stdout + result.stderr
     assert DUMMY_KEY not in logged and DUMMY_KEY not in (run_dir / ".hydra" / "config.yaml").read_text()
 

@@ -23,7 +23,7 @@ import transformers
 import trl
 from datasets import DatasetDict
 from omegaconf import DictConfig, OmegaConf
-from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from trlm import tracking
 from trlm.chat_template import chatml_template
@@ -220,6 +220,17 @@ def prepare_inputs(cfg: DictConfig, start: StartPoint, args: TrainingArguments) 
     return StageInputs(start, source, tokenizer, blend, data, fingerprint_parts(cfg, start.record(), data))
 
 
+class WandbRecord(TrainerCallback):
+    """trlm's config and hashes into the W&B run, once TRL's own callback (earlier in the list) has started it."""
+
+    def __init__(self, cfg: DictConfig, data_sha256: str, git_sha: str | None) -> None:
+        self.cfg, self.data_sha256, self.git_sha = cfg, data_sha256, git_sha
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        if state.is_world_process_zero:
+            tracking.record_config(self.cfg, self.data_sha256, self.git_sha)
+
+
 def benchmarks(cfg: DictConfig, final: Path, run_dir: Path) -> dict[str, float]:
     """lm-eval on the final model when the stage names tasks (rank 0 runs it, every rank gets the figures)."""
     harness = cfg.stage.evaluation.lm_eval
@@ -280,6 +291,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
     set_seed(stage.recipe.seed)  # before load: the rows added for new tokens are drawn at random
     model = load_model(source, tokenizer, cfg.hardware, cfg.model.new_token_init)
     log.info("model from %s: %.2fM parameters, vocab %d", source, model.num_parameters() / 1e6, len(tokenizer))
+    git = git_state()
     if is_main_process():
         save_command_records(run_dir, cfg, overrides)
         RunRecord(
@@ -293,7 +305,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
             hardware=cfg.hardware.name,
             world_size=world_size(),
             global_batch=global_batch(cfg),
-            git=git_state(),
+            git=git,
             versions={lib.__name__: lib.__version__ for lib in (torch, transformers, trl, datasets)},
             sweep=cfg.run.sweep if cfg.run.trial is not None else None,
             trial=cfg.run.trial,
@@ -302,10 +314,12 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
             devices=visible_devices(),
         ).save(run_dir / RUN_RECORD)
 
-    tracking.configure(cfg, run_dir)
+    tracking.configure(cfg, run_dir, data["sha256"], git.get("sha"))
     reporter = TrialReporter(cfg) if reports_to_trial(cfg) else None
     preemption = PreemptionCheckpoint()
     callbacks = [MetricsLog(run_dir / METRICS), CheckpointMarker(), preemption, *([reporter] if reporter else [])]
+    if tracking.enabled(cfg):
+        callbacks.append(WandbRecord(cfg, data["sha256"], git.get("sha")))
     trainer = build_trainer(stage, args, model, tokenizer, blend["train"], blend.get("eval"), callbacks)
     if stage.trainer == TrainerKind.sft and stage.recipe.packing:  # TRL's bfd packing concatenates rows itself
         keep_rows_apart(model, attention_implementation(cfg.hardware), cfg.hardware.accelerator)  # checked above
@@ -338,6 +352,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
     if is_main_process():
         if samples:
             (run_dir / "eval_samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+        tracking.record_final(metrics, samples)
         Summary(  # last: its presence marks the run finished
             stage=stage.name,
             run_name=cfg.run.name,

@@ -1,8 +1,13 @@
 """Experiment tracking: W&B is configured through its environment variables, one W&B run per trlm run.
 
-The user's environment wins where it speaks: `tracking.mode` unset means `WANDB_MODE` if set, else
-online. Online mode is checked before anything heavy starts (an API key, a reachable server), so a
-machine without network fails in seconds with what to do, rather than after W&B's retries.
+One run per stage or trial: group = experiment (a sweep's trials: experiment/study), job_type =
+stage, tags = stage, blend, hardware, git and data hashes. trlm adds its resolved config and hashes
+to the run's config, its final figures to the summary (`final/...`), the sampled generations as a
+table. The user's environment wins where it speaks: `tracking.mode` unset means `WANDB_MODE` if set,
+else online with an API key and offline without one (`wandb sync` the run directory later). Online
+mode is checked before anything heavy starts (a key, a reachable server), so a machine without
+network fails in seconds with what to do, rather than after W&B's retries. No key is ever written:
+W&B reads it from its own environment or netrc.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import socket
 import string
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from trlm.distributed import is_main_process
 from trlm.errors import TrlmError
@@ -38,7 +44,10 @@ def report_to(cfg: DictConfig) -> list[str]:
 
 
 def mode(cfg: DictConfig) -> str:
-    return cfg.tracking.mode or os.environ.get("WANDB_MODE") or "online"
+    """The config's mode, else $WANDB_MODE, else online with an API key and offline without one."""
+    if cfg.tracking.mode or os.environ.get("WANDB_MODE"):
+        return cfg.tracking.mode or os.environ["WANDB_MODE"]
+    return "online" if has_api_key(os.environ.get("WANDB_BASE_URL", DEFAULT_SERVER)) else "offline"
 
 
 def has_api_key(server: str) -> bool:
@@ -72,9 +81,14 @@ def check(cfg: DictConfig) -> None:
         raise TrlmError(f"tracking=wandb is online but the W&B server {server} is unreachable: {fix}")
 
 
-def configure(cfg: DictConfig, run_dir: Path) -> None:
+def configure(cfg: DictConfig, run_dir: Path, data_sha256: str = "", git_sha: str | None = None) -> None:
+    """W&B's settings for this run, through its environment: TRL's W&B callback starts the run with them."""
     if not enabled(cfg):
         return
+    if mode(cfg) == "offline" and not cfg.tracking.mode and not os.environ.get("WANDB_MODE"):
+        log.info("no W&B API key: tracking offline into %s/wandb (`wandb sync` it later)", run_dir)
+    tags = [cfg.stage.name, cfg.data.name, cfg.hardware.name, *([f"git-{git_sha[:8]}"] if git_sha else []),
+            *([f"data-{data_sha256[:8]}"] if data_sha256 else []), *cfg.tracking.tags]  # fmt: skip
     settings = {
         "WANDB_DIR": str(run_dir),  # W&B's local files (offline runs too) live with the run
         "WANDB_PROJECT": cfg.tracking.project,
@@ -82,7 +96,8 @@ def configure(cfg: DictConfig, run_dir: Path) -> None:
         "WANDB_MODE": mode(cfg),
         # The stages of one experiment side by side; a sweep's trials grouped by their study.
         "WANDB_RUN_GROUP": f"{cfg.run.name}/{cfg.run.sweep}" if cfg.run.trial is not None else cfg.run.name,
-        "WANDB_TAGS": ",".join([cfg.stage.name, cfg.hardware.name, *cfg.tracking.tags]),
+        "WANDB_JOB_TYPE": cfg.stage.name,
+        "WANDB_TAGS": ",".join(tag[:64] for tag in tags),  # W&B refuses tags longer than 64 characters
     }
     if is_main_process():  # the rank that reports: the same W&B run across requeues and resumes
         settings.update(WANDB_RUN_ID=run_id(run_dir), WANDB_RESUME="allow")
@@ -97,6 +112,25 @@ def run_id(run_dir: Path) -> str:
     alphabet = string.ascii_lowercase + string.digits  # W&B's own id alphabet and length
     atomic_write_text(path, "".join(secrets.choice(alphabet) for _ in range(8)) + "\n")
     return path.read_text().strip()
+
+
+def record_config(cfg: DictConfig, data_sha256: str, git_sha: str | None) -> None:
+    """trlm's own record in the W&B run TRL's callback started: the resolved config, data and git hashes."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        record = {"trlm": OmegaConf.to_container(cfg, resolve=True), "data_sha256": data_sha256, "git_sha": git_sha}
+        wandb.run.config.update(record, allow_val_change=True)
+
+
+def record_final(metrics: dict[str, float], samples: list[dict[str, Any]]) -> None:
+    """The run's final figures into the W&B summary (`final/...`), its sampled generations as a W&B table."""
+    wandb = sys.modules.get("wandb")
+    if wandb is None or wandb.run is None:
+        return
+    wandb.run.summary.update({f"final/{key}": value for key, value in metrics.items()})
+    if samples:
+        columns = list(samples[0])
+        wandb.run.log({"eval/samples": wandb.Table(columns=columns, data=[[s[c] for c in columns] for s in samples])})
 
 
 def finish() -> None:

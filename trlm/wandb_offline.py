@@ -1,4 +1,4 @@
-"""Reads an offline W&B run back from its `.wandb` file: run id, config, history, summary.
+"""Reads an offline W&B run back from its `.wandb` file: run id, group, job type, tags, config, history, summary.
 
 `wandb sync --view` is gone in wandb 0.31, and W&B writes a second local directory when an offline
 run is resumed (a requeued job), so checking that a resumed history continues means reading the
@@ -25,6 +25,9 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 class OfflineRun:
     folder: Path
     run_id: str = ""
+    group: str = ""
+    job_type: str = ""
+    tags: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -71,7 +74,8 @@ def read_run(folder: Path) -> OfflineRun:
         record.ParseFromString(payload)
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            run.run_id = record.run.run_id
+            run.run_id, run.group, run.job_type = record.run.run_id, record.run.run_group, record.run.job_type
+            run.tags = list(record.run.tags)
             run.config.update(_items(record.run.config.update))
         elif kind == "config":
             run.config.update(_items(record.config.update))
