@@ -9,6 +9,7 @@ from trl import DPOConfig, SFTConfig
 from tests.helpers import TINY, stage
 from trlm.errors import TrlmError
 from trlm.modeling import load_model, load_tokenizer
+from trlm.records import read_jsonl
 from trlm.trainers import PromptTruncatingDPOTrainer, training_arguments
 
 
@@ -93,3 +94,21 @@ def test_liger_kernels_asked_for_but_not_installed_is_one_clear_line(compose_cfg
 
     with pytest.raises(TrlmError, match="pip install liger-kernel"):
         check_hardware(compose_cfg("hardware.liger_kernel=true").hardware)
+
+
+@pytest.mark.slow
+def test_sweep_trials_that_share_a_start_and_a_blend_share_the_reference_pass(run_cli, tmp_path):
+    result = run_cli("-m", "experiment=demo", "stage=dpo", "stage.previous=null", "stage.recipe.max_steps=1",
+                     "stage.recipe.precompute_ref_log_probs=true", "stage.evaluation.generate=false",
+                     "stage.recipe.learning_rate=1e-4,2e-4", "run.sweep=ref", "hardware.cpu_threads=1")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    cached = sorted((tmp_path / "outputs" / ".cache" / "ref_logps").glob("*.pt"))
+    assert len(cached) == 2  # train and eval rows: computed once, by the first trial
+    first, second = sorted((tmp_path / "outputs" / "demo" / "sweeps" / "ref" / "dpo").glob("*learning_rate*"))
+    assert "from the cache" not in (first / "train.log").read_text()
+    assert (second / "train.log").read_text().count("from the cache") == 2
+    # apo_zero at the first step, policy == reference: loss exactly 1 and rewards 0 — only if the cached
+    # log-probs are the reference's own for these very rows, in this order
+    step = next(row for row in read_jsonl(second / "metrics.jsonl") if "loss" in row)
+    assert step["loss"] == pytest.approx(1.0, abs=1e-4)
+    assert step["rewards/chosen"] == pytest.approx(0.0, abs=1e-4) == step["rewards/rejected"]

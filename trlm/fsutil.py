@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_with(path, lambda staging: staging.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_with(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(staging_path)`, then the staging file renamed to `path`."""
     staging = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    staging.write_text(text, encoding="utf-8")
+    write(staging)
     staging.replace(path)
 
 

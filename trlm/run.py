@@ -320,7 +320,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
     callbacks = [MetricsLog(run_dir / METRICS), CheckpointMarker(), preemption, *([reporter] if reporter else [])]
     if tracking.enabled(cfg):
         callbacks.append(WandbRecord(cfg, data["sha256"], git.get("sha")))
-    trainer = build_trainer(stage, args, model, tokenizer, blend["train"], blend.get("eval"), callbacks)
+    trainer = build_trainer(stage, args, model, tokenizer, blend["train"], blend.get("eval"), callbacks,
+                            ref_cache_dir=project_path(cfg.paths.cache_dir) / "ref_logps")  # fmt: skip
     if stage.trainer == TrainerKind.sft and stage.recipe.packing:  # TRL's bfd packing concatenates rows itself
         keep_rows_apart(model, attention_implementation(cfg.hardware), cfg.hardware.accelerator)  # checked above
     elif stage.trainer == TrainerKind.sft and cfg.hardware.padding_free:

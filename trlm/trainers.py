@@ -9,19 +9,29 @@ kind (GRPO, say) is one entry. Allowed values come from TRL's own config metadat
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
-from datasets import Dataset
+import torch
+from datasets import Dataset, concatenate_datasets
 from omegaconf import OmegaConf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from trlm.config import Accelerator, DataKind, HardwareConfig, Precision, RecipeConfig, StageConfig, TrainerKind
 from trlm.errors import TrlmError
+from trlm.fsutil import atomic_write_with
+
+log = logging.getLogger(__name__)
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+TOKEN_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids"]
 
 Conversation = list[dict[str, str]]
 
@@ -33,9 +43,38 @@ class PromptTruncatingDPOTrainer(DPOTrainer):
     (keeping the start), so a long prompt can crowd out the completions it is meant to rank.
     """
 
-    def __init__(self, *args: Any, max_prompt_length: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, max_prompt_length: int | None = None, ref_cache_dir: Path | None = None, **kwargs: Any
+    ) -> None:
         self.max_prompt_length = max_prompt_length
+        self.ref_cache_dir = ref_cache_dir
         super().__init__(*args, **kwargs)
+
+    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        """TRL's reference pass, kept in `ref_cache_dir` under a key of what decides its values — the
+        reference weights (TRL's own hash of them), the tokenized rows, precision — so sweep trials that
+        share a start checkpoint and a blend compute it once. (TRL caches it too, but under the dataset's
+        fingerprint, which differs between processes: each trial recomputed.)"""
+        if self.ref_cache_dir is None:
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        path = self.ref_cache_dir / f"{self.ref_cache_key(dataset)}.pt"
+        if path.exists():
+            log.info("reference log-probs of the %s rows from the cache %s", name, path)
+            columns = torch.load(path, weights_only=True)
+            return concatenate_datasets([dataset, Dataset.from_dict(columns)], axis=1)
+        computed = super()._precompute_ref_logps(dataset, name, batch_size)
+        if self.accelerator.is_main_process:
+            columns = {key: torch.tensor(computed[key]) for key in REF_COLUMNS}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_with(path, lambda staging: torch.save(columns, staging))
+        return computed
+
+    def ref_cache_key(self, dataset: Dataset) -> str:
+        decided_by = f"{self._precompute_model_hash}|{self.args.bf16}|{self.args.fp16}|{self.ld_alpha}"
+        digest = hashlib.sha256(decided_by.encode())
+        for rows in dataset.select_columns(TOKEN_COLUMNS).iter(batch_size=4096):
+            digest.update(json.dumps(rows).encode())
+        return digest.hexdigest()[:32]
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
@@ -183,10 +222,13 @@ def build_trainer(
     train_dataset: Dataset,
     eval_dataset: Dataset | None,
     callbacks: list[TrainerCallback],
+    ref_cache_dir: Path | None = None,
 ) -> Trainer:
     # No ref_model for DPO: TRL uses a frozen copy of the starting policy, as the report did.
     spec = TRAINERS[stage.trainer]
     own = {k: stage[k] for k, to_config in spec.stage_keys.items() if not to_config}
+    if stage.trainer == TrainerKind.dpo:
+        own["ref_cache_dir"] = ref_cache_dir
     return spec.trainer_class(
         model=model,
         args=args,
