@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -52,6 +53,36 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
             text=True,
             timeout=timeout,
         )
+
+    return _run
+
+
+@pytest.fixture
+def train_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """`python train.py ARGS` in this process, for commands refused before training: the same entry point
+    as `run_cli` without a new interpreter's few seconds of imports (a refusal then takes milliseconds)."""
+
+    def _run(*args: str, root: Path | None = None) -> subprocess.CompletedProcess:
+        from trlm.cli import train_main
+
+        flags = [a for a in args if a in ("-m", "--multirun")]  # argparse wants them before the overrides
+        overrides = [a for a in args if a not in flags]
+        output_root = f"paths.output_root={root or tmp_path / 'outputs'}"
+        monkeypatch.setattr(sys, "argv", ["train.py", *flags, output_root, *overrides])
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setenv("WANDB_MODE", "disabled")
+        root_logger = logging.getLogger()
+        handlers, level = list(root_logger.handlers), root_logger.level
+        try:
+            train_main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        finally:  # Hydra configured logging for the job: give the next test the logging it had
+            root_logger.handlers[:], root_logger.level = handlers, level
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
 
     return _run
 

@@ -14,7 +14,7 @@ from tests.helpers import QUICK, assert_one_line_refusal
 from trlm.paths import PROJECT_ROOT
 from trlm.records import Summary
 
-pytestmark = pytest.mark.slow  # each case starts a Python process (a few seconds)
+pytestmark = pytest.mark.slow  # most cases start a Python process (a few seconds); refusals run in this one
 
 
 def snapshot(root):
@@ -37,8 +37,8 @@ def assert_refused(result, root, needle, before=None):
         (["stage.recipe.learning_rate=fast"], "stage.recipe.learning_rate"),
     ],
 )
-def test_composition_errors(run_cli, tmp_path, args, needle):
-    result = run_cli(*args)
+def test_composition_errors(train_in_process, tmp_path, args, needle):
+    result = train_in_process(*args)
     assert result.returncode != 0 and needle in result.stderr
     assert snapshot(tmp_path / "outputs") == {}
 
@@ -58,19 +58,19 @@ def test_composition_errors(run_cli, tmp_path, args, needle):
         (["stage=dpo"], "run `python train.py stage=sft_think experiment=demo` first"),
     ],
 )
-def test_refused_before_anything_is_written(run_cli, tmp_path, args, needle):
-    assert_refused(run_cli("experiment=demo", *args), tmp_path / "outputs", needle)
+def test_refused_before_anything_is_written(train_in_process, tmp_path, args, needle):
+    assert_refused(train_in_process("experiment=demo", *args), tmp_path / "outputs", needle)
 
 
-def test_an_init_from_that_is_not_a_model(run_cli, tmp_path):
+def test_an_init_from_that_is_not_a_model(train_in_process, tmp_path):
     (tmp_path / "notes").mkdir()
-    result = run_cli("experiment=demo", f"run.init_from={tmp_path / 'notes'}")
+    result = train_in_process("experiment=demo", f"run.init_from={tmp_path / 'notes'}")
     assert_refused(result, tmp_path / "outputs", f"{tmp_path / 'notes'} is not a model directory (no config.json")
 
 
-def test_an_unwritable_output_root(run_cli, tmp_path):
+def test_an_unwritable_output_root(train_in_process, tmp_path):
     (tmp_path / "a_file").write_text("")
-    result = run_cli("experiment=demo", root=tmp_path / "a_file" / "outputs")
+    result = train_in_process("experiment=demo", root=tmp_path / "a_file" / "outputs")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "trlm: error: cannot create" in result.stderr and "is not a writable folder" in result.stderr
 
@@ -80,10 +80,10 @@ def test_base_model_offline_and_uncached(run_cli, tmp_path):
     assert_refused(result, tmp_path / "outputs", "not in the local Hugging Face cache and the Hub is unreachable")
 
 
-def test_empty_dataset(run_cli, tmp_path):
+def test_empty_dataset(train_in_process, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    result = run_cli("experiment=demo", "stage=sft", f"data.sources=[{{name:{empty}}}]")
+    result = train_in_process("experiment=demo", "stage=sft", f"data.sources=[{{name:{empty}}}]")
     assert result.returncode == 2 and "is empty" in result.stderr
     assert not (tmp_path / "outputs" / "demo").exists()
 

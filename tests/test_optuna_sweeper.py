@@ -153,18 +153,18 @@ def test_two_workers_share_one_study(tmp_path):
         (["sweep=dpo_beta"], "stage.recipe.beta applies to dpo stages only"),
     ],
 )
-def test_bad_sweeps_are_refused_in_one_line(run_cli, tmp_path, args, needle):
-    result = run_cli("-m", *FAST, *args)
+def test_bad_sweeps_are_refused_in_one_line(train_in_process, tmp_path, args, needle):
+    result = train_in_process("-m", *FAST, *args)
     assert_one_line_refusal(result, needle)
     assert not (sweep_dir(tmp_path) / "optuna.journal").exists()  # nothing half-written
 
 
-def test_a_study_of_another_space_or_direction_is_refused(run_cli, tmp_path):
+def test_a_study_of_another_space_or_direction_is_refused(train_in_process, tmp_path):
     folder = sweep_dir(tmp_path)
     folder.mkdir(parents=True)
     study = optuna.create_study(study_name="lr", storage=open_storage(None, folder, parallel=False))
     study.set_user_attr("search_space", {"stage.recipe.learning_rate": "{}"})
-    other_space = run_cli("-m", *FAST)
+    other_space = train_in_process("-m", *FAST)
     assert other_space.returncode == 2 and "with another search space" in other_space.stderr
-    other_direction = run_cli("-m", *FAST, "hydra.sweeper.direction=maximize")
+    other_direction = train_in_process("-m", *FAST, "hydra.sweeper.direction=maximize")
     assert other_direction.returncode == 2 and "this sweep would maximize" in other_direction.stderr
