@@ -171,3 +171,45 @@ def test_the_varlen_call_gets_rows_heads_and_boundaries_right(monkeypatch, signa
 
     expected, _ = document_attention(Attention().eval(), query, key, value, None, scaling=0.3, **kwargs)
     torch.testing.assert_close(got, expected)
+
+
+def one_dpo_step(padding_free: bool, tmp_path, precompute: bool):
+    from trl import DPOConfig
+
+    from trlm.demo.tokenizer import train_demo_tokenizer
+    from trlm.trainers import TrlmDPOTrainer
+
+    tokenizer = train_demo_tokenizer(vocab_size=97)
+    model = tiny_llama("sdpa")
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(tmp_path / "start")  # the reference model is loaded from here
+    model = LlamaForCausalLM.from_pretrained(tmp_path / "start", attn_implementation="sdpa").train()
+    prompts = ["1 + 1 =", "What is 12 + 30 and then some more words to make it long?", "7", "3 + 4"]
+    rows = Dataset.from_dict({"prompt": prompts, "chosen": [" 2", " 42, since 12 + 30 = 42.", " 7", " 7 then"],
+                              "rejected": [" 3 or so", " 41", " 8 and more words here", " 6"]})  # fmt: skip
+    args = DPOConfig(output_dir=str(tmp_path / str(padding_free)), max_steps=1, per_device_train_batch_size=4,
+                     learning_rate=1e-2, report_to=[], seed=0, use_cpu=True, save_strategy="no", logging_steps=1,
+                     optim="sgd", loss_type=["apo_zero"], precompute_ref_log_probs=precompute)  # fmt: skip
+    seen = []  # what the transformer itself is given: (rows, tokens)
+    model.model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)),
+                                          with_kwargs=True)  # fmt: skip
+    trainer = TrlmDPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer,
+                             padding_free=("sdpa", "cpu") if padding_free else None)  # fmt: skip
+    assert getattr(model.forward, "trlm_padding_free", False) == padding_free
+    logged = trainer.train() and trainer.state.log_history[0]
+    return seen, logged, {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("precompute", [False, True], ids=["reference-model", "precomputed-reference"])
+def test_one_dpo_step_padding_free_equals_the_padded_recipe(tmp_path, precompute):
+    padded_seen, padded, padded_weights = one_dpo_step(False, tmp_path / "padded", precompute)
+    free_seen, free, free_weights = one_dpo_step(True, tmp_path / "free", precompute)
+    assert padded_seen[-1][0] == 8 and free_seen[-1][0] == 1  # 4 pairs padded; one concatenated row
+    assert free_seen[-1][1] < padded_seen[-1][0] * padded_seen[-1][1]  # fewer tokens computed
+    # sums over rows' tokens from other kernels (sdpa per row vs masked sdpa): float32 rounding, 1e-5 relative
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "entropy"):
+        assert free[key] == pytest.approx(padded[key], rel=5e-5, abs=1e-5), key
+    if precompute:  # the reference pass went padding-free too: at the first step policy == reference exactly
+        assert free["rewards/chosen"] == pytest.approx(0.0, abs=1e-6) == free["rewards/rejected"]
+    for name, weight in padded_weights.items():
+        torch.testing.assert_close(free_weights[name], weight, atol=1e-5, rtol=1e-5, msg=name)

@@ -10,7 +10,7 @@ from tests.helpers import TINY, stage
 from trlm.errors import TrlmError
 from trlm.modeling import load_model, load_tokenizer
 from trlm.records import read_jsonl
-from trlm.trainers import PromptTruncatingDPOTrainer, training_arguments
+from trlm.trainers import TrlmDPOTrainer, training_arguments
 
 
 def args_for(cfg, tmp_path):
@@ -68,10 +68,8 @@ def test_dpo_keeps_the_last_max_prompt_length_prompt_tokens(compose_cfg, tmp_pat
     )
     cfg = compose_cfg("stage=dpo", "experiment=demo", "stage.max_prompt_length=16")
     args = args_for(cfg, tmp_path)
-    full = PromptTruncatingDPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
-    cut = PromptTruncatingDPOTrainer(
-        model=model, args=args, train_dataset=rows, processing_class=tokenizer, max_prompt_length=16
-    )
+    full = TrlmDPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
+    cut = TrlmDPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer, max_prompt_length=16)
     full_prompt, cut_prompt = full.train_dataset[0]["prompt_ids"], cut.train_dataset[0]["prompt_ids"]
     assert len(full_prompt) > 16 and len(cut_prompt) == 16
     assert cut_prompt == full_prompt[-16:]  # the end of the prompt, where the question meets the reply

@@ -26,6 +26,8 @@ import functools
 import inspect
 import itertools
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -178,4 +180,59 @@ def make_padding_free(
                     attn_implementation, accelerator)  # fmt: skip
         return False
     trainer.data_collator = dataclasses.replace(trainer.data_collator, padding_free=True)
+    return True
+
+
+def right_padded(mask: torch.Tensor) -> bool:
+    """Every row's tokens first, then its padding, and at least one token a row."""
+    return mask.dim() == 2 and bool((mask[:, 1:] <= mask[:, :-1]).all()) and bool(mask[:, 0].all())
+
+
+def padding_free_fused_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """Wraps a forward that TRL gave a fused LM head (DPO): a right-padded batch goes through the model as one
+    concatenated row (position ids restarting, `cu_seq_lens` marking rows) and the per-token outputs come back
+    in the padded layout, zero at padding, as TRL's padded forward gives them. Any other call is unchanged."""
+
+    @functools.wraps(forward)
+    def packed_forward(*args: Any, fused_lm_head: bool = False, **kwargs: Any) -> Any:
+        ids, mask, labels = kwargs.get("input_ids"), kwargs.get("attention_mask"), kwargs.get("labels")
+        if not fused_lm_head or args or ids is None or mask is None or labels is None or "position_ids" in kwargs:
+            return forward(*args, fused_lm_head=fused_lm_head, **kwargs)
+        if not right_padded(mask):
+            return forward(*args, fused_lm_head=fused_lm_head, **kwargs)
+        keep = mask.bool()
+        lengths = mask.sum(dim=1)
+        cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        starts = cu[:-1].long()
+        packed_labels = labels[keep].clone()
+        packed_labels[starts] = -100  # a row's last position would score the next row's first token
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)[keep]
+        rest = {k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask", "labels")}
+        longest = int(lengths.max())
+        out = forward(input_ids=ids[keep][None], position_ids=positions[None], labels=packed_labels[None],
+                      fused_lm_head=True, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest,
+                      max_length_k=longest, **rest)  # fmt: skip
+        scored = torch.ones(int(cu[-1]) - 1, dtype=torch.bool, device=ids.device)  # position t scores token t+1
+        scored[starts[1:] - 1] = False  # ... except each row's last
+        into = keep[:, 1:]  # padded layout: position t of a row scores its token t+1
+        for name, value in out.items():
+            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == scored.shape[0]:
+                out[name] = value.new_zeros(into.shape).masked_scatter(into, value[0][scored])
+        return out
+
+    return packed_forward
+
+
+def make_dpo_padding_free(trainer: Trainer, attn_implementation: str, accelerator: str = "cpu") -> bool:
+    """DPO batches without padding (TRL 1.16 turns its own `padding_free` off for DPO); False with one warning."""
+    models = [m for m in (trainer.model, getattr(trainer, "ref_model", None)) if m is not None]
+    if not all(keep_rows_apart(m, attn_implementation, accelerator) for m in models):
+        log.warning("padding-free DPO needs rows kept apart, which attn_implementation=%s cannot do fast on %s: "
+                    "training padded (hardware.padding_free=false silences this)",
+                    attn_implementation, accelerator)  # fmt: skip
+        return False
+    for model in models:
+        if not getattr(model.forward, "trlm_padding_free", False):
+            model.forward = padding_free_fused_forward(model.forward)
+            model.forward.trlm_padding_free = True
     return True

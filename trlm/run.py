@@ -320,12 +320,15 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str], inputs: StageInp
     callbacks = [MetricsLog(run_dir / METRICS), CheckpointMarker(), preemption, *([reporter] if reporter else [])]
     if tracking.enabled(cfg):
         callbacks.append(WandbRecord(cfg, data["sha256"], git.get("sha")))
+    attention = attention_implementation(cfg.hardware)
+    dpo_padding_free = (attention, cfg.hardware.accelerator) if cfg.hardware.padding_free else None
     trainer = build_trainer(stage, args, model, tokenizer, blend["train"], blend.get("eval"), callbacks,
-                            ref_cache_dir=project_path(cfg.paths.cache_dir) / "ref_logps")  # fmt: skip
+                            ref_cache_dir=project_path(cfg.paths.cache_dir) / "ref_logps",
+                            padding_free=dpo_padding_free)  # fmt: skip
     if stage.trainer == TrainerKind.sft and stage.recipe.packing:  # TRL's bfd packing concatenates rows itself
-        keep_rows_apart(model, attention_implementation(cfg.hardware), cfg.hardware.accelerator)  # checked above
+        keep_rows_apart(model, attention, cfg.hardware.accelerator)  # checked in run_stage
     elif stage.trainer == TrainerKind.sft and cfg.hardware.padding_free:
-        make_padding_free(trainer, model, attention_implementation(cfg.hardware), cfg.hardware.accelerator)
+        make_padding_free(trainer, model, attention, cfg.hardware.accelerator)
     generate = "eval" in blend and stage.evaluation.generate
     conversations = TRAINERS[stage.trainer].held_out(blend["eval"]) if generate else []
     checkpoint = latest_complete_checkpoint(Path(args.output_dir)) if cfg.run.resume else None

@@ -28,6 +28,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 from trlm.config import Accelerator, DataKind, HardwareConfig, Precision, RecipeConfig, StageConfig, TrainerKind
 from trlm.errors import TrlmError
 from trlm.fsutil import atomic_write_with
+from trlm.padding_free import make_dpo_padding_free
 
 log = logging.getLogger(__name__)
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -36,25 +37,39 @@ TOKEN_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids"]
 Conversation = list[dict[str, str]]
 
 
-class PromptTruncatingDPOTrainer(DPOTrainer):
-    """DPO that keeps only the last `max_prompt_length` prompt tokens, as TRL < 1.0 did.
+class TrlmDPOTrainer(DPOTrainer):
+    """TRL's DPO with three things trlm adds:
 
-    TRL 1.x dropped `max_prompt_length` and truncates prompt + completion together at `max_length`
-    (keeping the start), so a long prompt can crowd out the completions it is meant to rank.
+    - `max_prompt_length`: only the last N prompt tokens are kept, as TRL < 1.0 did (TRL 1.x truncates
+      prompt + completion together at `max_length`, keeping the start, so a long prompt can crowd out
+      the completions it is meant to rank);
+    - `ref_cache_dir`: the precomputed reference pass shared by runs that would compute the same one;
+    - `padding_free=(attention, accelerator)`: batches without padding (trlm/padding_free.py), the
+      reference pass included, so that policy and reference see the same kernels.
     """
 
     def __init__(
-        self, *args: Any, max_prompt_length: int | None = None, ref_cache_dir: Path | None = None, **kwargs: Any
-    ) -> None:
+        self, *args: Any, max_prompt_length: int | None = None, ref_cache_dir: Path | None = None,
+        padding_free: tuple[str, str] | None = None, **kwargs: Any,
+    ) -> None:  # fmt: skip
         self.max_prompt_length = max_prompt_length
         self.ref_cache_dir = ref_cache_dir
+        self.padding_free_with, self.padding_free_done = padding_free, False
         super().__init__(*args, **kwargs)
+        self.drop_padding()
+
+    def drop_padding(self) -> None:
+        """Once the fused LM head TRL adds is in place (before the reference pass, or after __init__)."""
+        if self.padding_free_with and not self.padding_free_done:
+            self.padding_free_done = True
+            make_dpo_padding_free(self, *self.padding_free_with)
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
         """TRL's reference pass, kept in `ref_cache_dir` under a key of what decides its values — the
         reference weights (TRL's own hash of them), the tokenized rows, precision — so sweep trials that
         share a start checkpoint and a blend compute it once. (TRL caches it too, but under the dataset's
         fingerprint, which differs between processes: each trial recomputed.)"""
+        self.drop_padding()
         if self.ref_cache_dir is None:
             return super()._precompute_ref_logps(dataset, name, batch_size)
         path = self.ref_cache_dir / f"{self.ref_cache_key(dataset)}.pt"
@@ -119,7 +134,7 @@ TRAINERS: dict[TrainerKind, TrainerSpec] = {
         TrainerKind.sft, SFTConfig, SFTTrainer, DataKind.conversation, {"assistant_only_loss": True}, sft_held_out
     ),
     TrainerKind.dpo: TrainerSpec(
-        TrainerKind.dpo, DPOConfig, PromptTruncatingDPOTrainer, DataKind.preference, {"max_prompt_length": False},
+        TrainerKind.dpo, DPOConfig, TrlmDPOTrainer, DataKind.preference, {"max_prompt_length": False},
         dpo_held_out,
     ),
 }  # fmt: skip
@@ -223,12 +238,13 @@ def build_trainer(
     eval_dataset: Dataset | None,
     callbacks: list[TrainerCallback],
     ref_cache_dir: Path | None = None,
+    padding_free: tuple[str, str] | None = None,
 ) -> Trainer:
     # No ref_model for DPO: TRL uses a frozen copy of the starting policy, as the report did.
     spec = TRAINERS[stage.trainer]
     own = {k: stage[k] for k, to_config in spec.stage_keys.items() if not to_config}
     if stage.trainer == TrainerKind.dpo:
-        own["ref_cache_dir"] = ref_cache_dir
+        own.update(ref_cache_dir=ref_cache_dir, padding_free=padding_free)
     return spec.trainer_class(
         model=model,
         args=args,
