@@ -85,7 +85,8 @@ class TrlmDPOTrainer(DPOTrainer):
         return computed
 
     def ref_cache_key(self, dataset: Dataset) -> str:
-        decided_by = f"{self._precompute_model_hash}|{self.args.bf16}|{self.args.fp16}|{self.ld_alpha}"
+        packed = getattr(self.model.forward, "trlm_padding_free", False)  # other kernels: other rounding
+        decided_by = f"{self._precompute_model_hash}|{self.args.bf16}|{self.args.fp16}|{self.ld_alpha}|{packed}"
         digest = hashlib.sha256(decided_by.encode())
         for rows in dataset.select_columns(TOKEN_COLUMNS).iter(batch_size=4096):
             digest.update(json.dumps(rows).encode())
