@@ -102,7 +102,7 @@ def find_runs(folders: list[Path]) -> list[Run]:
     found in (a run given itself: its own name); names two folders share are prefixed by the folder's name."""
     found: dict[Path, tuple[str, str]] = {}  # run path: (name inside its folder, that name prefixed)
     for folder in folders:
-        paths = sorted(p.parent for p in folder.rglob(METRICS) if "checkpoints" not in p.parts)
+        paths = sorted(p.parent for p in folder.rglob(METRICS) if "checkpoints" not in p.relative_to(folder).parts)
         if not paths:
             raise TrlmError(f"{folder} holds no run: no {METRICS} in it or below it (is it a run directory?)")
         for path in paths:

@@ -42,7 +42,8 @@ def model_dir_of(path: Path) -> tuple[Path, Path]:
     if not path.is_dir():
         raise TrlmError(f"{path} does not exist (or is not a folder): give a run directory or a model directory")
     summary = Summary.load(path / SUMMARY)
-    model = Path(summary.final_model) if summary else path / "final" if (path / "final").is_dir() else path
+    recorded = Path(summary.final_model) if summary else None  # a run directory moved since: its own final/
+    model = next((p for p in (recorded, path / "final") if p is not None and p.is_dir()), path)
     if not (model / "config.json").exists() or not any((model / name).exists() for name in WEIGHTS):
         raise TrlmError(f"{model} is not a complete model directory (config.json and weights): a run still "
                         f"training or killed while saving? Finish or resume it, or give a complete one")  # fmt: skip
