@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,10 +170,15 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def natural(name: str) -> list:
+    """Sort key that puts trial 2 before trial 10."""
+    return [(0, int(piece), "") if piece.isdigit() else (1, 0, piece) for piece in re.split(r"(\d+)", name)]
+
+
 def by_stage(runs: list[Run]) -> dict[str, list[Run]]:
     order = {"sft": 0, "sft_think": 1, "dpo": 2}
     groups: dict[str, list[Run]] = {}
-    for run in sorted(runs, key=lambda r: (order.get(r.stage, 3), r.stage, r.name)):
+    for run in sorted(runs, key=lambda r: (order.get(r.stage, 3), r.stage, natural(r.name))):
         groups.setdefault(run.stage, []).append(run)
     return groups
 
