@@ -15,6 +15,7 @@ stage's metrics — so a sweep can optimise one (`stage.objective.metric=lm_eval
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -47,10 +48,12 @@ def model_dir_of(path: Path) -> tuple[Path, Path]:
     if not (model / "config.json").exists() or not any((model / name).exists() for name in WEIGHTS):
         raise TrlmError(f"{model} is not a complete model directory (config.json and weights): a run still "
                         f"training or killed while saving? Finish or resume it, or give a complete one")  # fmt: skip
-    return model, (path if model != path else model)
+    return model, path
 
 
+@functools.cache
 def task_manager():
+    """lm-eval's index of tasks, trlm's own included (built once: it reads thousands of task files)."""
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=str(LOCAL_TASKS))
