@@ -67,3 +67,33 @@ def test_the_plan_counts_the_prepared_blends_rows_tokens_and_steps(tmp_path, cap
         f"{work.rows:,} training rows, {work.tokens:,} tokens; {work.steps:,} optimizer steps"
         in capsys.readouterr().out
     )
+
+
+def test_the_time_estimate_reads_the_benchmark_figure_for_the_hardware_and_model(tmp_path):
+    import json
+
+    from trlm.plan import recorded_throughput
+
+    (tmp_path / "train.json").write_text(json.dumps({"throughput_tokens_per_s": {"cpu/smollm2_135m": 120}}))
+    card = {"card": "Some GPU", "padded@2048": {"effective_tokens_per_s": 5}, "padding_free@2048": {
+        "effective_tokens_per_s": 2000}, "padding_free@4096": {"effective_tokens_per_s": 4000},
+        "padding_free+liger@4096": {"effective_tokens_per_s": 1}, "padding_free@8192": {"error": "OOM"}}  # fmt: skip
+    (tmp_path / "gpu-some-gpu.json").write_text(json.dumps(card))
+
+    def figure(*overrides):
+        return recorded_throughput(compose_multirun(list(overrides)), tmp_path)
+
+    # CPU: bench-train's figure, shared by the local copy of the same model; none for another model
+    assert figure("stage=sft", "hardware=cpu").tokens_per_s == 120
+    assert figure("stage=sft", "hardware=cpu", "model=smollm2_135m_local").source == "bench-train"
+    assert figure("stage=sft", "hardware=cpu", "model=tiny_llama") is None
+    # CUDA: the GPU check's row length closest to the stage's max_length, padded when padding-free is off
+    assert figure("stage=sft_think", "hardware=cuda").tokens_per_s == 4000  # max_length 4096
+    assert figure("stage=dpo", "hardware=cuda").tokens_per_s == 2000  # max_length 2048
+    assert "Some GPU" in figure("stage=dpo", "hardware=cuda").source
+    assert figure("stage=dpo", "hardware=cuda", "hardware.padding_free=false").tokens_per_s == 5
+    assert figure("stage=dpo", "hardware=mi300x") is None  # no MI300x figure: unknown, not borrowed
+    card["card"] = "AMD Instinct MI300X"
+    (tmp_path / "gpu-some-gpu.json").write_text(json.dumps(card))
+    assert figure("stage=dpo", "hardware=mi300x").tokens_per_s == 2000
+    assert figure("stage=dpo", "hardware=cuda") is None

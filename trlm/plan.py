@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -106,13 +107,44 @@ def workload(cfg: DictConfig) -> Workload | None:
     return Workload(len(train), sum(lengths), steps, round(steps * batch * per_row))
 
 
-def recorded_throughput(cfg: DictConfig) -> float | None:
-    """Effective tokens/s per device that `make bench-train` recorded for this hardware and model."""
-    path = project_path("docs/bench/train.json")
-    if not path.exists():
+@dataclass(frozen=True)
+class Throughput:
+    tokens_per_s: float  # effective (non-padding) tokens/s per device
+    source: str  # what measured it
+
+
+def recorded_throughput(cfg: DictConfig, bench_dir: Path | None = None) -> Throughput | None:
+    """What the benchmarks in docs/bench measured for this hardware and model, or None.
+
+    `make bench-train` records CPU presets; on a GPU preset the SmolLM2 shape's figure comes from a
+    `bench/gpu_check.py` run on that kind of card (MI300x for mi300x*, any other for cuda), at the
+    row length closest to the stage's max_length. A model preset
+    `<name>_<variant>` (smollm2_135m_local) shares its architecture's figure.
+    """
+    bench = bench_dir or project_path("docs/bench")
+    model, hardware = cfg.model.name, cfg.hardware
+    train = bench / "train.json"
+    if train.exists():
+        for preset, value in json.loads(train.read_text()).get("throughput_tokens_per_s", {}).items():
+            recorded_hardware, _, recorded_model = preset.partition("/")
+            if recorded_hardware == hardware.name and model in (recorded_model, f"{recorded_model}_local"):
+                return Throughput(value, "bench-train")
+    if hardware.accelerator != "cuda" or not model.startswith("smollm2_135m"):
         return None
-    recorded = json.loads(path.read_text()).get("throughput_tokens_per_s", {})
-    return recorded.get(f"{cfg.hardware.name}/{cfg.model.name}")
+    mode = "padding_free" if hardware.padding_free else "padded"
+    for path in sorted(bench.glob("gpu-*.json")):
+        figures = json.loads(path.read_text())
+        if ("MI300" in figures.get("card", "")) != hardware.name.startswith("mi300x"):
+            continue  # an NVIDIA card's figure says nothing of an MI300x, and the other way round
+        measured = {
+            int(key.rpartition("@")[2]): value["effective_tokens_per_s"]
+            for key, value in figures.items()
+            if key.startswith(f"{mode}@") and isinstance(value, dict) and "effective_tokens_per_s" in value
+        }
+        if measured:
+            length = min(measured, key=lambda n: abs(n - cfg.stage.recipe.max_length))
+            return Throughput(measured[length], f"gpu_check on {figures['card']}, {mode} rows up to {length}")
+    return None
 
 
 def describe_workload(cfg: DictConfig) -> list[str]:
@@ -124,12 +156,12 @@ def describe_workload(cfg: DictConfig) -> list[str]:
     lines = [f"{work.rows:,} training rows, {tokens}; {work.steps:,} optimizer steps"]
     throughput, ranks = recorded_throughput(cfg), cfg.hardware.devices_per_node * cfg.hardware.num_nodes
     if work.trained_tokens is None or throughput is None:
-        lines.append(f"time: unknown (no `make bench-train` figure for {cfg.hardware.name}/{cfg.model.name})")
+        lines.append(f"time: unknown (no benchmark figure for {cfg.hardware.name}/{cfg.model.name} in docs/bench)")
     else:
-        seconds = work.trained_tokens / (throughput * ranks)
+        seconds = work.trained_tokens / (throughput.tokens_per_s * ranks)
         hours = f", {seconds * ranks / 3600:.2f} GPU-hours" if cfg.hardware.accelerator != "cpu" else ""
         lines.append(f"time: ~{seconds / 60:.1f} min of training on {ranks} device(s){hours} "
-                     f"(at {throughput:,.0f} tokens/s per device, bench-train)")  # fmt: skip
+                     f"(at {throughput.tokens_per_s:,.0f} tokens/s per device, {throughput.source})")  # fmt: skip
     return lines
 
 
