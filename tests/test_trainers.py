@@ -35,13 +35,19 @@ def test_dpo_report_recipe_reaches_trl_unchanged(compose_cfg, tmp_path):
     assert args.max_grad_norm == 0.2 and args.learning_rate == 1e-5
 
 
-@pytest.mark.parametrize(("overrides", "precomputed"), [
-    ((), True),                                                         # the report: one epoch, every row read
-    (("experiment=demo",), False),                                      # max_steps: on the fly
-    (("experiment=demo", "stage.recipe.precompute_ref_log_probs=true"), True),
+@pytest.mark.parametrize(("overrides", "rows", "precomputed"), [
+    ((), 10**6, True),                                                      # the report: one epoch, every row read
+    (("experiment=demo",), 4800, True),                                     # 300 steps x 16 read every row
+    (("experiment=demo",), 4801, False),                                    # ... but not one more: on the fly
+    (("experiment=demo", "stage.recipe.precompute_ref_log_probs=true"), 10**6, True),
+    (("stage.recipe.precompute_ref_log_probs=false",), 10, False),
 ])  # fmt: skip
-def test_dpo_reference_log_probs_are_precomputed_when_every_row_is_read(compose_cfg, tmp_path, overrides, precomputed):
-    assert args_for(compose_cfg("stage=dpo", *overrides), tmp_path).precompute_ref_log_probs is precomputed
+def test_dpo_reference_log_probs_are_precomputed_when_every_row_is_read(compose_cfg, tmp_path, overrides, rows,
+                                                                         precomputed):  # fmt: skip
+    from trlm.trainers import precompute_reference
+
+    cfg = compose_cfg("stage=dpo", *overrides)
+    assert precompute_reference(cfg.stage, args_for(cfg, tmp_path), rows) is precomputed
 
 
 def test_extra_args_pass_through_and_are_checked(compose_cfg, tmp_path):

@@ -85,8 +85,8 @@ class RecipeConfig:
     logging_steps: int = 1
     seed: int = 42
     # DPO: the reference model's log-probs in one pass before training (same values, no reference
-    # forward per step). None: when the run reads every row (epochs, no max_steps); a short run on
-    # a large blend would pay for rows it never trains on.
+    # forward per step). None: when the run reads every row at least once (epochs, or max_steps x
+    # global batch >= rows); a short run on a large blend would pay for rows it never trains on.
     precompute_ref_log_probs: bool | None = None
 
 

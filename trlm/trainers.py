@@ -219,8 +219,6 @@ def training_arguments(
         "save_total_limit": 2,
         "ddp_find_unused_parameters": False,  # every parameter takes part: skip DDP's extra graph walk
     }
-    if "precompute_ref_log_probs" in spec.fields and recipe["precompute_ref_log_probs"] is None:
-        kwargs["precompute_ref_log_probs"] = stage.recipe.max_steps <= 0  # every row is read: pay once
     if evaluate_every:
         kwargs.update(eval_strategy="steps", eval_steps=evaluate_every)
     kwargs.update(stage.extra_args)
@@ -228,6 +226,19 @@ def training_arguments(
     if unknown:
         raise TrlmError(f"stage {stage.name}: {unknown} are not arguments of trl.{spec.config_class.__name__}")
     return spec.config_class(**kwargs)
+
+
+def precompute_reference(stage: StageConfig, args: TrainingArguments, train_rows: int) -> bool:
+    """Whether DPO's reference pass runs once before training (TRL's `precompute_ref_log_probs`): as the recipe
+    says, or, left open, when the run reads every row at least once. Then one pass costs no more than a
+    reference forward at every step, and sweep trials on the same start and blend share it (`ref_cache_dir`);
+    a short run on a large blend would pay for rows it never trains on."""
+    if stage.recipe.precompute_ref_log_probs is not None:
+        return stage.recipe.precompute_ref_log_probs
+    if args.max_steps <= 0:  # epochs: every row
+        return True
+    rows_read = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return rows_read >= train_rows
 
 
 def build_trainer(
@@ -246,6 +257,7 @@ def build_trainer(
     own = {k: stage[k] for k, to_config in spec.stage_keys.items() if not to_config}
     if stage.trainer == TrainerKind.dpo:
         own.update(ref_cache_dir=ref_cache_dir, padding_free=padding_free)
+        args.precompute_ref_log_probs = precompute_reference(stage, args, len(train_dataset))
     return spec.trainer_class(
         model=model,
         args=args,
