@@ -80,14 +80,14 @@ def document_attention(
         return varlen_rows(query, key, value, spans, scaling, groups, flash_dtype, kwargs), None
     if groups > 1:
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    # split, not slices: the backward of a slice writes into a zeroed copy of the whole batch, row after row
+    sizes = [e - s for s, e in itertools.pairwise(spans)]
     rows = [
-        F.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout, is_causal=True, scale=scaling
-        )
-        for s, e in itertools.pairwise(spans)
-        if e > s
+        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling).transpose(1, 2)
+        for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2), strict=True)
+        if q.shape[2]
     ]
-    return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
+    return torch.cat(rows, dim=1), None  # (1, total, heads, dim), as sdpa_attention_forward returns
 
 
 def half_precision(query: torch.Tensor) -> torch.dtype | None:
