@@ -120,29 +120,31 @@ def finished_sft(run_cli, tmp_path):
     return tmp_path / "outputs" / "demo" / "sft", args, source
 
 
-def test_a_refused_command_leaves_a_finished_run_untouched(run_cli, tmp_path, finished_sft):
+def test_a_refused_command_leaves_a_finished_run_untouched(train_in_process, tmp_path, finished_sft):
     run_dir, args, _ = finished_sft
     before = snapshot(tmp_path / "outputs")
     assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "train.log").exists()
-    assert_refused(run_cli(*args, "hardware=cuda"), tmp_path / "outputs", "needs a CUDA/ROCm GPU", before)
+    assert_refused(train_in_process(*args, "hardware=cuda"), tmp_path / "outputs", "needs a CUDA/ROCm GPU", before)
 
 
-def test_a_finished_run_rereads_another_objective_and_refuses_another_recipe(run_cli, tmp_path, finished_sft):
+def test_a_finished_run_rereads_another_objective_and_refuses_another_recipe(
+    run_cli, train_in_process, tmp_path, finished_sft
+):
     _, args, _ = finished_sft
     before = snapshot(tmp_path / "outputs")
     rescored = run_cli(*args, "stage.objective.metric=train_loss")  # not a different run: re-read
     assert rescored.returncode == 0 and "already finished" in rescored.stdout + rescored.stderr
-    other = run_cli(*args, "stage.recipe.learning_rate=1e-5")
+    other = train_in_process(*args, "stage.recipe.learning_rate=1e-5")
     assert_refused(other, tmp_path / "outputs", "holds a run of a different recipe (recipe changed", before)
 
 
-def test_a_resume_on_changed_data_is_refused_naming_both_hashes(run_cli, tmp_path, finished_sft):
+def test_a_resume_on_changed_data_is_refused_naming_both_hashes(train_in_process, tmp_path, finished_sft):
     run_dir, args, source = finished_sft
     recorded = Summary.load(run_dir / "summary.json").data_sha256
     (run_dir / "summary.json").unlink()  # interrupted after its checkpoints
     shutil.rmtree(run_dir / "final")
     source.write_text("".join(source.read_text().splitlines(keepends=True)[:-5]))  # the source changed
-    result = run_cli(*args)
+    result = train_in_process(*args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"trained on blend sha256 {recorded[:16]}" in result.stderr and "restore the original" in result.stderr
     assert "another run.name" in result.stderr

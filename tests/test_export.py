@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import venv
 from pathlib import Path
@@ -82,12 +83,40 @@ def test_a_finished_model_loads_in_transformers_4_5x(saved_tokenizer, compose_cf
 
 
 def old_transformers_python() -> Path:
+    """A venv with transformers 4.5x and its dependencies; torch (and what torch imports) linked in from this
+    environment rather than installed again (the install took most of this test's time)."""
     folder = PROJECT_ROOT / "outputs" / ".cache" / "venv-transformers-4.5x"
     python = folder / "bin" / "python"
     if not (folder / ".ready").exists():
         venv.create(folder, with_pip=True, clear=True)
-        torch = __import__("torch").__version__.split("+")[0]
-        subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={torch}", OLD_TRANSFORMERS],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run([str(python), "-m", "pip", "install", "-q", OLD_TRANSFORMERS], check=True, capture_output=True)
+        linked = folder / "torch-from-outside"
+        linked.mkdir()
+        for module in torch_and_its_requirements():
+            (linked / module.name).symlink_to(module)
+        site = next((folder / "lib").glob("python3*/site-packages"))
+        (site / "zz_torch_from_outside.pth").write_text(f"{linked}\n")  # after the venv's own packages
         (folder / ".ready").touch()
     return python
+
+
+def torch_and_its_requirements() -> list[Path]:
+    """torch and the distributions it requires, recursively: their top-level modules and metadata (which
+    transformers reads to decide that torch is there)."""
+    from importlib.metadata import distribution, packages_distributions
+
+    def normal(name: str) -> str:
+        return name.lower().replace("_", "-")
+
+    wanted, todo = set(), ["torch"]
+    while todo:
+        name = normal(todo.pop())
+        if name in wanted or name == "setuptools":  # the venv has its own
+            continue
+        wanted.add(name)
+        todo += [re.split(r"[ ;<>=!~\[(]", req, maxsplit=1)[0] for req in distribution(name).requires or []
+                 if "extra ==" not in req]  # fmt: skip
+    site = Path(__import__("torch").__file__).parents[1]
+    modules = [m for m, dists in packages_distributions().items() if any(normal(d) in wanted for d in dists)]
+    metadata = [Path(f.locate()).parent for name in wanted for f in distribution(name).files if f.name == "METADATA"]
+    return [path for m in modules for path in (site / m, site / f"{m}.py") if path.exists()] + metadata

@@ -100,8 +100,8 @@ def test_optuna_trials_as_slurm_jobs(run_cli, tmp_path):
     assert [line.split(",")[1] for line in (sweep / "trials.csv").read_text().splitlines()[1:]] == ["COMPLETE"] * 2
 
 
-def test_a_cluster_launcher_without_multirun_is_refused(run_cli, tmp_path):
-    result = run_cli("experiment=demo", "launcher=local_slurm")
+def test_a_cluster_launcher_without_multirun_is_refused(train_in_process, tmp_path):
+    result = train_in_process("experiment=demo", "launcher=local_slurm")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "launcher=local_slurm submits jobs from a multirun only: run `python train.py -m" in result.stderr
     assert not (tmp_path / "outputs").exists()
@@ -187,8 +187,8 @@ def test_slurm_out_of_reach_is_one_line(run_cli, tmp_path):
     assert "launcher=local_slurm submits to Slurm, but sbatch is not on this machine's PATH" in result.stderr
 
 
-def test_a_launcher_that_disagrees_with_the_hardware_preset(run_cli):
-    result = run_cli("-m", *QUICK, "launcher=local_slurm", "hydra.launcher.gpus_per_node=4")
+def test_a_launcher_that_disagrees_with_the_hardware_preset(train_in_process):
+    result = train_in_process("-m", *QUICK, "launcher=local_slurm", "hydra.launcher.gpus_per_node=4")
     assert result.returncode == 2 and "gpus_per_node=4 disagrees with hardware=cpu (1 per node)" in result.stderr
 
 

@@ -107,8 +107,8 @@ def test_the_three_report_stages_on_the_real_model_offline_in_lineage(smollm2, r
     assert think["start"]["kind"] == "previous_stage" and think["start"]["source"].endswith("sft_think/final")
 
 
-def test_the_local_preset_before_a_fetch_says_how_to_fetch(run_cli, tmp_path):
-    result = run_cli("experiment=smollm2_demo", f"model.package.directory={tmp_path / 'none'}")
+def test_the_local_preset_before_a_fetch_says_how_to_fetch(train_in_process, tmp_path):
+    result = train_in_process("experiment=smollm2_demo", f"model.package.directory={tmp_path / 'none'}")
     assert result.returncode == 2 and "run `trlm model fetch smollm2-135m-instruct` once" in result.stderr
 
 
