@@ -6,12 +6,13 @@ traces (lognormal, median ~300 tokens, capped at the stage's 4096), drawn with a
 Effective tokens/s counts the rows' own tokens only; token efficiency is rows' tokens / tokens
 computed (padding included). The first step is warm-up and not timed.
 
-Models: the demo's tiny Llama, and the SmolLM2-135M shape (random weights from its config) cut to
-a few of its 30 layers on CPU (said in the table). DPO: step time of TRL's DPO as a user runs it
-(reference log-probs on the fly, padded: the reference) against trlm's (reference precomputed,
-batches padding-free), and with only the reference precomputed (TRL's `precompute_ref_log_probs`).
+Models: the demo's tiny Llama, and the SmolLM2-135M shape (random weights from its config), cut to
+2 of its 30 layers and whole (SFT only: its DPO steps would take ~20 minutes). DPO: step time of
+TRL's DPO as a user runs it (reference log-probs on the fly, padded: the reference) against trlm's
+(reference precomputed, batches padding-free), and with only the reference precomputed (TRL's
+`precompute_ref_log_probs`).
 
-Run: `make bench-train` (~5 minutes here). Writes docs/bench/train.json and docs/bench/train.md.
+Run: `make bench-train` (~25 minutes here). Writes docs/bench/train.json and docs/bench/train.md.
 Nothing else may use the cores meanwhile: the figures are wall times.
 """
 
