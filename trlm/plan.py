@@ -118,8 +118,8 @@ def recorded_throughput(cfg: DictConfig, bench_dir: Path | None = None) -> Throu
 
     `make bench-train` records CPU presets; on a GPU preset the SmolLM2 shape's figure comes from a
     `bench/gpu_check.py` run on that kind of card (MI300x for mi300x*, any other for cuda), at the
-    row length closest to the stage's max_length. A model preset
-    `<name>_<variant>` (smollm2_135m_local) shares its architecture's figure.
+    row length closest to the stage's max_length. The local copy's preset (smollm2_135m_local) shares
+    its model's figure.
     """
     bench = bench_dir or project_path("docs/bench")
     model, hardware = cfg.model.name, cfg.hardware
