@@ -29,7 +29,8 @@ from record import record  # bench/record.py (this folder is on the path)
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
     "tiny_llama (demo)": {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
-                          "num_attention_heads": 4, "num_key_value_heads": 2, "batch": 16, "steps": 4},
+                          "num_attention_heads": 4, "num_key_value_heads": 2, "batch": 16, "steps": 4,
+                          "preset": "cpu/tiny_llama"},
     "SmolLM2-135M shape, 2 of 30 layers": {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
                                            "num_hidden_layers": 2, "num_attention_heads": 9,
                                            "num_key_value_heads": 3, "batch": 8, "steps": 3},
@@ -38,9 +39,8 @@ MODELS = {
     "SmolLM2-135M shape, all 30 layers, SFT only": {"vocab_size": 49152, "hidden_size": 576,
                                                     "intermediate_size": 1536, "num_hidden_layers": 30,
                                                     "num_attention_heads": 9, "num_key_value_heads": 3, "batch": 8,
-                                                    "steps": 3, "sft_only": True},
+                                                    "steps": 3, "sft_only": True, "preset": "cpu/smollm2_135m"},
 }  # fmt: skip
-PRESETS = {"tiny_llama (demo)": "cpu/tiny_llama", "SmolLM2-135M shape, all 30 layers, SFT only": "cpu/smollm2_135m"}
 MAX_LENGTH = 4096
 
 WORKER = r"""
@@ -54,7 +54,7 @@ from trlm.padding_free import make_padding_free
 spec, mode = json.loads(sys.argv[1]), sys.argv[2]
 torch.manual_seed(0)
 rng = np.random.default_rng(0)
-arch = {k: v for k, v in spec.items() if k not in ("batch", "steps", "sft_only")}
+arch = {k: v for k, v in spec.items() if k not in ("batch", "steps", "sft_only", "preset")}
 import tempfile
 saved = tempfile.mkdtemp()  # DPO builds its reference model from the policy's directory
 LlamaForCausalLM(LlamaConfig(max_position_embeddings=4096, tie_word_embeddings=True, **arch)).save_pretrained(saved)
@@ -161,7 +161,9 @@ def main() -> None:
     figures["padded_token_efficiency_by_batch"] = {batch: padded_efficiency(batch) for batch in (8, 16, 32)}
     # What `trlm plan` estimates time from: effective tokens/s per device, by <hardware>/<model> preset.
     figures["throughput_tokens_per_s"] = {
-        preset: figures["models"][name]["tokens_per_s"]["trlm"] for name, preset in PRESETS.items()
+        spec["preset"]: figures["models"][name]["tokens_per_s"]["trlm"]
+        for name, spec in MODELS.items()
+        if "preset" in spec
     }
     out = record("train", figures).parent
     lines = ["# Training speed (bench/train_bench.py)", "",
