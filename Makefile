@@ -44,7 +44,7 @@ slurm-down:
 	bash scripts/slurm/down.sh
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup   # one worker per core (tests/conftest.py splits the threads)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

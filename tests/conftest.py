@@ -87,5 +87,18 @@ def train_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: py
     return _run
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `pytest -n N` the cores are split between the workers: each worker and every process it
+    starts (OMP_NUM_THREADS is inherited) gets cores / N torch threads. Two torch processes with the
+    default thread count on the same cores slow each other several-fold."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--pinned-print", action="store_true", help="print the pinned figures a run measured")

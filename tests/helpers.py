@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,4 +56,10 @@ def cluster_up() -> bool:
     return states.returncode == 0 and "idle" in states.stdout
 
 
-requires_cluster = pytest.mark.skipif(not cluster_up(), reason="no local Slurm cluster (make slurm-up)")
+_cluster_skip = pytest.mark.skipif(not cluster_up(), reason="no local Slurm cluster (make slurm-up)")
+
+
+def requires_cluster(test: Callable) -> Callable:
+    """Runs `test` against the local Slurm dev cluster, skipped while it is down. Under `pytest -n`
+    (xdist, `--dist loadgroup`) one worker runs all of them in turn: they share the cluster's nodes."""
+    return pytest.mark.xdist_group("slurm")(_cluster_skip(test))
