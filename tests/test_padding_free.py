@@ -64,7 +64,7 @@ def test_a_padded_batch_still_gets_the_usual_masked_attention():
     torch.testing.assert_close(got[1, :2], expected[1, :2])
 
 
-def one_step(padding_free: bool, tmp_path, attn: str = "sdpa", packing: bool = False):
+def one_step(padding_free: bool, tmp_path, attn: str = "sdpa", packing: bool = False, compile_backend: str = ""):
     from trlm.demo.tokenizer import train_demo_tokenizer
 
     tokenizer = train_demo_tokenizer(vocab_size=97)
@@ -74,7 +74,8 @@ def one_step(padding_free: bool, tmp_path, attn: str = "sdpa", packing: bool = F
     rows = Dataset.from_dict({"text": texts})
     args = SFTConfig(output_dir=str(tmp_path / str(padding_free)), max_steps=1, per_device_train_batch_size=4,
                      learning_rate=1e-2, report_to=[], max_length=12, seed=0, use_cpu=True, save_strategy="no",
-                     logging_steps=1, optim="sgd", packing=packing)  # fmt: skip
+                     logging_steps=1, optim="sgd", packing=packing, torch_compile=bool(compile_backend),
+                     torch_compile_backend=compile_backend or None)  # fmt: skip
     # SGD: Adam's first step is about lr * sign(grad), which would amplify rounding into the weights
     trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
     model.config.use_cache = False  # a cache would join concatenated rows (transformers' packed-mask path too)
@@ -95,6 +96,20 @@ def test_one_optimizer_step_padding_free_equals_the_padded_recipe(tmp_path, attn
     assert free_loss == pytest.approx(padded_loss, rel=rel)
     for name, weight in padded_weights.items():
         torch.testing.assert_close(free_weights[name], weight, atol=10 * rel, rtol=10 * rel, msg=name)
+
+
+def test_torch_compile_keeps_the_rows_apart(tmp_path):
+    """hardware.torch_compile through the Trainer (accelerate's dynamo plugin): the compiled padding-free step
+    is the padded recipe's. aot_eager traces as inductor does (graphs, breaks at the per-row loop, autograd)
+    without its C++ build, minutes on a 2-core machine with a cold cache."""
+    padded_loss, padded_weights = one_step(False, tmp_path / "padded")
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled_loss, compiled_weights = one_step(True, tmp_path / "compiled", compile_backend="aot_eager")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the step did run compiled
+    assert compiled_loss == pytest.approx(padded_loss, rel=1e-6)
+    for name, weight in padded_weights.items():
+        torch.testing.assert_close(compiled_weights[name], weight, atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_packed_rows_train_as_the_padded_recipe_when_packing_changes_no_batch(tmp_path):
