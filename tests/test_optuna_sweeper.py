@@ -14,6 +14,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
+from hydra_plugins.trlm_optuna.sweeper import threads_per_trial
 from tests.helpers import assert_one_line_refusal
 from trlm.paths import PROJECT_ROOT
 from trlm.records import RunRecord, Summary
@@ -94,9 +95,18 @@ def test_parallel_trials_overlap_and_share_the_cores(run_cli, tmp_path):
         trial = sweep_dir(tmp_path) / number
         spans.append(((trial / "run.json").stat().st_mtime, (trial / "summary.json").stat().st_mtime))
         threads = OmegaConf.load(trial / ".hydra" / "config.yaml").hardware.cpu_threads
-        assert threads == max(1, (os.cpu_count() or 1) // 2)
+        assert threads == threads_per_trial(2)
     (start_a, end_a), (start_b, end_b) = spans
     assert start_a < end_b and start_b < end_a  # both in flight at once
+
+
+@pytest.mark.parametrize(
+    ("environ", "n_jobs", "threads"),
+    [({}, 1, os.cpu_count()), ({"OMP_NUM_THREADS": "8"}, 2, 4), ({"OMP_NUM_THREADS": "8"}, 3, 2),
+     ({"OMP_NUM_THREADS": "1"}, 2, 1), ({"OMP_NUM_THREADS": ""}, 1, os.cpu_count())],
+)  # fmt: skip
+def test_local_trials_split_the_cores_this_process_was_given(environ, n_jobs, threads):
+    assert threads_per_trial(n_jobs, environ) == threads
 
 
 def test_a_killed_sweep_resumes_its_study(tmp_path):

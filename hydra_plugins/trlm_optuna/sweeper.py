@@ -46,6 +46,14 @@ class Outcome:
     error: str | None = None
 
 
+def threads_per_trial(n_jobs: int, environ: dict[str, str] | None = None) -> int:
+    """Torch threads for each of `n_jobs` local trials: this process's cores split between them — its
+    OMP_NUM_THREADS where set (the share a shell or a parallel test worker was given), else all cores."""
+    budget = (os.environ if environ is None else environ).get("OMP_NUM_THREADS", "")
+    cores = int(budget) if budget.isdigit() and int(budget) > 0 else (os.cpu_count() or 1)
+    return max(1, cores // n_jobs)
+
+
 def low_end(dist: Any) -> Any:
     """A value of the distribution, for composing a sample trial."""
     return dist.choices[0] if hasattr(dist, "choices") else dist.low
@@ -195,7 +203,7 @@ class TrlmOptunaSweeper(Sweeper):
         """Local trials share the machine: each gets cores / n_jobs torch threads unless the user chose."""
         if launcher_kind not in LOCAL_LAUNCHERS or self.config.hardware.cpu_threads is not None:
             return []
-        return [f"hardware.cpu_threads={max(1, (os.cpu_count() or 1) // self.conf.n_jobs)}"]
+        return [f"hardware.cpu_threads={threads_per_trial(self.conf.n_jobs)}"]
 
     def trial_overrides(self, number: int, params: dict[str, Any]) -> list[str]:
         from trlm.study import override_value, storage_url
