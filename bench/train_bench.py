@@ -8,10 +8,9 @@ computed (padding included). The first step is warm-up and not timed.
 
 Models: the demo's tiny Llama, and the SmolLM2-135M shape (random weights from its config), cut to
 2 of its 30 layers (at 8 and at 16 rows a step) and whole (SFT only: its DPO steps would take ~20
-minutes). DPO: step time of
-TRL's DPO as a user runs it (reference log-probs on the fly, padded: the reference) against trlm's
-(reference precomputed, batches padding-free), and with only the reference precomputed (TRL's
-`precompute_ref_log_probs`).
+minutes). DPO: step time of TRL's DPO as a user runs it (reference log-probs on the fly, padded: the
+reference) against trlm's (reference precomputed, batches padding-free), and with only the reference
+precomputed (TRL's `precompute_ref_log_probs`).
 
 Run: `make bench-train` (~30 minutes here). Writes docs/bench/train.json and docs/bench/train.md.
 Nothing else may use the cores meanwhile: the figures are wall times.
