@@ -37,10 +37,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workload import SMOLLM2_135M as SMOLLM2  # noqa: E402  (bench/workload.py: this folder is on the path)
+from workload import row_lengths  # noqa: E402
+
 from trlm import padding_free  # noqa: E402  (registers trlm's per-row attention)
 
-SMOLLM2 = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-           "num_attention_heads": 9, "num_key_value_heads": 3, "tie_word_embeddings": True}  # fmt: skip
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "MI300X": 1307.0, "A100": 312.0}  # dense, vendor figures
 TIME_BUDGET_S = 270  # cases still to run when this is spent are skipped (and said so): the check stays <= 5 min
 
@@ -48,7 +49,7 @@ TIME_BUDGET_S = 270  # cases still to run when this is spent are skipped (and sa
 def batches(max_length: int, batch: int, steps: int, vocab: int, seed: int = 0) -> list[list[torch.Tensor]]:
     rng = np.random.default_rng(seed)
     median = min(300, max_length // 8)  # the report's long tail; shorter for the dry run's short rows
-    lengths = np.clip(rng.lognormal(np.log(median), 1.0, batch * steps).astype(int), 4, max_length)
+    lengths = row_lengths(rng, batch * steps, median, shortest=4, longest=max_length)
     rows = [torch.from_numpy(rng.integers(3, vocab, n)) for n in lengths]
     return [rows[i * batch : (i + 1) * batch] for i in range(steps)]
 

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import LlamaConfig, LlamaForCausalLM
+from workload import SMOLLM2_135M, row_lengths  # bench/workload.py (this folder is on the path)
 
 from trlm.padding_free import keep_rows_apart
 
 
 def batch_lengths(index: int, rows: int = 8) -> np.ndarray:
     """The bench-train worker's draw: the same rows in the same batches."""
-    lengths = np.clip(np.random.default_rng(0).lognormal(np.log(300), 1.0, rows * (index + 1)).astype(int), 16, 4096)
+    lengths = row_lengths(np.random.default_rng(0), rows * (index + 1))
     return lengths[index * rows : (index + 1) * rows]
 
 
@@ -52,9 +53,8 @@ def main() -> None:
     parser.add_argument("--time", type=int, default=0, help="time this many steps instead of profiling one")
     args = parser.parse_args()
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=args.layers,
-                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=4096,
-                         tie_word_embeddings=True, attn_implementation="sdpa", use_cache=False)  # fmt: skip
+    config = LlamaConfig(**{**SMOLLM2_135M, "num_hidden_layers": args.layers}, max_position_embeddings=4096,
+                         attn_implementation="sdpa", use_cache=False)  # fmt: skip
     model = LlamaForCausalLM(config).train()
     lengths = batch_lengths(args.batch_index)
     batch = inputs(model, lengths, args.padded)

@@ -24,28 +24,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from record import record  # bench/record.py (this folder is on the path)
+from workload import SMOLLM2_135M, row_lengths
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
     "tiny_llama (demo)": {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
                           "num_attention_heads": 4, "num_key_value_heads": 2, "batch": 16, "steps": 4,
                           "preset": "cpu/tiny_llama"},
-    "SmolLM2-135M shape, 2 of 30 layers": {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
-                                           "num_hidden_layers": 2, "num_attention_heads": 9,
-                                           "num_key_value_heads": 3, "batch": 8, "steps": 3},
+    "SmolLM2-135M shape, 2 of 30 layers": {**SMOLLM2_135M, "num_hidden_layers": 2, "batch": 8, "steps": 3},
     # The same at 16 rows a step (SFT only), nearer the report's per-device 32 than 8: how the ratio moves with
     # the batch (a longer longest row to pad to). The padded run at 32 would not fit in 24 GB here.
-    "SmolLM2-135M shape, 2 of 30 layers, batch 16, SFT only": {"vocab_size": 49152, "hidden_size": 576,
-                                                               "intermediate_size": 1536, "num_hidden_layers": 2,
-                                                               "num_attention_heads": 9, "num_key_value_heads": 3,
-                                                               "batch": 16, "steps": 3, "sft_only": True},
+    "SmolLM2-135M shape, 2 of 30 layers, batch 16, SFT only": {**SMOLLM2_135M, "num_hidden_layers": 2, "batch": 16,
+                                                               "steps": 3, "sft_only": True},
     # The whole model, SFT only (its DPO steps would take ~20 minutes here): with 2 layers the 49,152-row
     # LM head is most of the work, with 30 the attention over long rows weighs as on the real model.
-    "SmolLM2-135M shape, all 30 layers, SFT only": {"vocab_size": 49152, "hidden_size": 576,
-                                                    "intermediate_size": 1536, "num_hidden_layers": 30,
-                                                    "num_attention_heads": 9, "num_key_value_heads": 3, "batch": 8,
-                                                    "steps": 3, "sft_only": True, "preset": "cpu/smollm2_135m"},
+    "SmolLM2-135M shape, all 30 layers, SFT only": {**SMOLLM2_135M, "batch": 8, "steps": 3, "sft_only": True,
+                                                    "preset": "cpu/smollm2_135m"},
 }  # fmt: skip
 MAX_LENGTH = 4096
 
@@ -55,18 +51,20 @@ import numpy as np, torch
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 from trl import SFTConfig, SFTTrainer, DPOConfig, DPOTrainer
-sys.path.insert(0, sys.argv[3])
+sys.path[:0] = [sys.argv[3], sys.argv[3] + "/bench"]
 from trlm.padding_free import make_padding_free
+from workload import row_lengths
 spec, mode = json.loads(sys.argv[1]), sys.argv[2]
 torch.manual_seed(0)
 rng = np.random.default_rng(0)
 arch = {k: v for k, v in spec.items() if k not in ("batch", "steps", "sft_only", "preset")}
 import tempfile
 saved = tempfile.mkdtemp()  # DPO builds its reference model from the policy's directory
-LlamaForCausalLM(LlamaConfig(max_position_embeddings=4096, tie_word_embeddings=True, **arch)).save_pretrained(saved)
+config = LlamaConfig(max_position_embeddings=4096, **{"tie_word_embeddings": True, **arch})
+LlamaForCausalLM(config).save_pretrained(saved)
 model = LlamaForCausalLM.from_pretrained(saved, attn_implementation="sdpa")
 n_rows = spec["batch"] * (spec["steps"] + 1)
-lengths = np.clip(rng.lognormal(np.log(300), 1.0, n_rows).astype(int), 16, 4096)
+lengths = row_lengths(rng, n_rows)
 class Timer(TrainerCallback):
     def __init__(self): self.starts, self.ends = [], []
     def on_step_begin(self, *a, **k): self.starts.append(time.perf_counter())
@@ -114,9 +112,7 @@ print(json.dumps({"step_s": sum(steps) / len(steps), "real_tokens": real_tokens,
 
 def padded_efficiency(batch: int, rows: int = 32_000) -> float:
     """The padded recipe's token efficiency on this length mix at a per-device batch (counted, not timed)."""
-    import numpy as np
-
-    lengths = np.clip(np.random.default_rng(1).lognormal(np.log(300), 1.0, rows).astype(int), 16, MAX_LENGTH)
+    lengths = row_lengths(np.random.default_rng(1), rows, longest=MAX_LENGTH)
     batches = lengths[: rows // batch * batch].reshape(-1, batch)
     return round(float(batches.sum() / (batches.max(axis=1).sum() * batch)), 3)
 
