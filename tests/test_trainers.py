@@ -93,11 +93,24 @@ def test_gpu_preset_knobs_reach_trl_and_auto_attention_is_sdpa_without_flash_att
     assert attention_implementation(cuda) == "sdpa"  # no flash-attn kernels installed here
 
 
-def test_liger_kernels_asked_for_but_not_installed_is_one_clear_line(compose_cfg):
+def test_liger_kernels_on_cpu_are_refused_before_training(compose_cfg):
     from trlm.validate import check_hardware
 
-    with pytest.raises(TrlmError, match="pip install liger-kernel"):
+    with pytest.raises(TrlmError, match="GPUs only"):
         check_hardware(compose_cfg("hardware.liger_kernel=true").hardware)
+
+
+def test_liger_kernels_asked_for_but_not_installed_is_one_clear_line(compose_cfg, monkeypatch):
+    import torch
+
+    from trlm.validate import check_hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine without liger-kernel
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    hardware = compose_cfg("hardware=cuda", "hardware.liger_kernel=true").hardware
+    with pytest.raises(TrlmError, match=r"pip install -e '\.\[liger\]'"):
+        check_hardware(hardware)
 
 
 @pytest.mark.slow

@@ -174,8 +174,13 @@ def check_hardware(hardware: HardwareConfig) -> None:
             raise TrlmError(f"{name} trains in bf16, which this GPU does not support; set hardware.precision=fp16")
     elif hardware.precision != Precision.fp32:
         raise TrlmError(f"{name} asks for {hardware.precision.value} on CPU, which trlm does not train in; use fp32")
-    if hardware.liger_kernel and importlib.util.find_spec("liger_kernel") is None:
-        raise TrlmError(f"{name} asks for Liger kernels (hardware.liger_kernel=true): pip install liger-kernel")
+    if hardware.liger_kernel:
+        if hardware.accelerator == Accelerator.cpu:  # Triton kernels: they would fail at the first step, not here
+            raise TrlmError(f"{name} asks for Liger kernels (hardware.liger_kernel=true), which run on GPUs only")
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise TrlmError(
+                f"{name} asks for Liger kernels (hardware.liger_kernel=true): pip install -e '.[liger]' (liger-kernel)"
+            )
     expected_ranks = hardware.devices_per_node * hardware.num_nodes
     if world_size() != expected_ranks:
         raise TrlmError(
