@@ -12,7 +12,14 @@ import pytest
 from tests.helpers import QUICK, requires_cluster
 from trlm.records import RunRecord, Summary
 
-pytestmark = pytest.mark.slow
+
+def test_a_chosen_stage_is_refused_rather_than_ignored():
+    from trlm.errors import TrlmError
+    from trlm.pipeline import run_pipeline
+
+    with pytest.raises(TrlmError, match=r"runs every stage in order, so stage=dpo does not apply"):
+        run_pipeline(["experiment=demo", "stage=dpo"])
+
 
 FAST = (*QUICK, "stage.recipe.max_steps=2", "stage.evaluation.generate=false")
 
@@ -23,6 +30,7 @@ def pipeline(tmp_path, *args):
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
 
 
+@pytest.mark.slow
 def test_the_stages_run_in_lineage_order_and_a_rerun_skips_them(tmp_path):
     result = pipeline(tmp_path, *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -34,6 +42,7 @@ def test_the_stages_run_in_lineage_order_and_a_rerun_skips_them(tmp_path):
     assert again.returncode == 0 and (again.stdout + again.stderr).count("already finished") == 3
 
 
+@pytest.mark.slow
 def test_a_failing_stage_stops_the_local_pipeline(tmp_path):
     result = pipeline(tmp_path, *FAST, "run.init_from=/no/such/model")
     assert result.returncode == 2 and "stage sft failed; the stages after it were not run" in result.stderr
@@ -62,6 +71,7 @@ def job_ids(output: str) -> list[str]:
 
 
 @requires_cluster
+@pytest.mark.slow
 def test_the_pipeline_as_slurm_jobs_chained_afterok(tmp_path):
     result = pipeline(tmp_path, *FAST, "launcher=local_slurm")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -76,6 +86,7 @@ def test_the_pipeline_as_slurm_jobs_chained_afterok(tmp_path):
 
 
 @requires_cluster
+@pytest.mark.slow
 def test_a_failing_first_stage_leaves_the_others_never_run(tmp_path):
     result = pipeline(tmp_path, *FAST, "launcher=local_slurm", "run.init_from=/no/such/model")
     assert result.returncode == 0, result.stderr[-3000:]  # submitted; the failure happens on the cluster

@@ -46,7 +46,7 @@ def stage_order(overrides: list[str]) -> list[str]:
 
 
 def stage_command(stage: str, overrides: list[str]) -> list[str]:
-    stage_overrides = [o for o in overrides if not o.startswith(("launcher=", "stage="))]
+    stage_overrides = [o for o in overrides if not o.startswith("launcher=")]
     return [sys.executable, str(PROJECT_ROOT / "train.py"), f"stage={stage}", *stage_overrides]
 
 
@@ -115,6 +115,10 @@ def run_pipeline(overrides: list[str]) -> int:
     from trlm.layout import register_resolvers
 
     register_resolvers()
+    chosen = [o for o in overrides if o.startswith("stage=")]
+    if chosen:  # the pipeline runs every stage: one chosen here would be silently ignored
+        raise TrlmError(f"trlm pipeline runs every stage in order, so {chosen[0]} does not apply; "
+                        "one stage alone: trlm train stage=<name> ...")  # fmt: skip
     stages = stage_order(overrides)
     cfg = compose_stage(overrides, stages[0])
     if cfg.hydra.runtime.choices.get("hydra/launcher") == SLURM_LAUNCHER:
