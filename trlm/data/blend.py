@@ -7,6 +7,7 @@ keyed by the hash of its config and sources; the run records that hash and the r
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,19 +76,29 @@ def load_blend(data: DataConfig, blends_dir: Path) -> tuple[DatasetDict, dict[st
     return DatasetDict(train=rows.select(range(cut)), eval=rows.select(range(cut, len(rows)))), provenance
 
 
-def token_lengths(rows: Dataset, kind: DataKind, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Each row's length in tokens as the stage renders it (for a pair, its longer side)."""
+def token_lengths(
+    rows: Dataset,
+    kind: DataKind,
+    tokenizer: PreTrainedTokenizerBase,
+    combine: Callable[[tuple[int, int]], int] = max,
+    cap: int | None = None,
+) -> list[int]:
+    """Each row's length in tokens as the stage renders it, capped at `cap`; for a pair, `combine` of its
+    two sides (`max`: the longer, what must fit `max_length`; `sum`: what a DPO step runs through)."""
+
+    def counted(rendered: list[str]) -> list[int]:
+        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        return [min(len(row), cap) if cap else len(row) for row in ids]
 
     def lengths(batch: dict) -> dict:
         if kind == DataKind.conversation:
-            rendered = [tokenizer.apply_chat_template(m, tokenize=False) for m in batch["messages"]]
-            return {"n": [len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]}
-        sides = []
-        for side in ("chosen", "rejected"):
-            pairs = zip(batch["prompt"], batch[side], strict=True)
-            rendered = [tokenizer.apply_chat_template(prompt + reply, tokenize=False) for prompt, reply in pairs]
-            sides.append([len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]])
-        return {"n": [max(pair) for pair in zip(*sides, strict=True)]}
+            return {"n": counted([tokenizer.apply_chat_template(m, tokenize=False) for m in batch["messages"]])}
+        sides = [
+            counted([tokenizer.apply_chat_template(prompt + reply, tokenize=False)
+                     for prompt, reply in zip(batch["prompt"], batch[side], strict=True)])
+            for side in ("chosen", "rejected")
+        ]  # fmt: skip
+        return {"n": [combine(pair) for pair in zip(*sides, strict=True)]}
 
     return rows.map(lengths, batched=True, remove_columns=rows.column_names, desc="Measuring token lengths")["n"]
 
