@@ -103,6 +103,8 @@ def test_a_sweep_plan_adds_up_its_trials_in_waves_of_n_jobs():
                             "hydra.sweeper.n_jobs=2"])  # fmt: skip
     (line,) = describe_sweep(cfg, Estimate(seconds=600, ranks=1))
     assert line.startswith("sweep: 5 trials, ~30.0 min wall, 0.83 GPU-hours in all")  # 3 waves; 5 x 10 min
+    cpu = compose_multirun(["-m", "stage=dpo", "sweep=dpo_beta", "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2"])
+    assert describe_sweep(cpu, Estimate(600, 1))[0].startswith("sweep: 5 trials, ~50.0 min wall")  # cores shared
 
 
 def test_a_pipeline_plan_lists_the_stages_in_lineage_order_and_what_it_cannot_estimate(tmp_path, capsys):

@@ -194,9 +194,10 @@ def minutes(seconds: float) -> str:
 
 def describe_sweep(cfg: DictConfig, trial: Estimate) -> list[str]:
     """A sweep's wall time and device-hours: its trials in waves of n_jobs (at most: pruned trials stop early)."""
-    sweeper = cfg.hydra.sweeper
-    waves = math.ceil(sweeper.n_trials / min(sweeper.n_jobs, sweeper.n_trials))
-    unit = "GPU" if cfg.hardware.accelerator != "cpu" else "device"
+    sweeper, gpu = cfg.hydra.sweeper, cfg.hardware.accelerator != "cpu"
+    # Trials at once on one CPU share its cores (each gets its share of the threads): no faster in all.
+    waves = math.ceil(sweeper.n_trials / min(sweeper.n_jobs, sweeper.n_trials)) if gpu else sweeper.n_trials
+    unit = "GPU" if gpu else "device"
     hours = sweeper.n_trials * trial.device_hours
     return [f"sweep: {sweeper.n_trials} trials, ~{minutes(waves * trial.seconds)} wall, {hours:.2f} {unit}-hours "
             "in all (at most: pruned trials stop early)"]  # fmt: skip
