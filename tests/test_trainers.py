@@ -10,7 +10,7 @@ from tests.helpers import TINY, stage
 from trlm.errors import TrlmError
 from trlm.modeling import load_model, load_tokenizer
 from trlm.records import read_jsonl
-from trlm.trainers import TrlmDPOTrainer, training_arguments
+from trlm.trainers import TrlmDPOTrainer, hardware_arguments, training_arguments
 
 
 def args_for(cfg, tmp_path):
@@ -91,6 +91,9 @@ def test_gpu_preset_knobs_reach_trl_and_auto_attention_is_sdpa_without_flash_att
     cuda = compose_cfg("hardware=cuda").hardware
     assert cuda.attn_implementation == "auto" and cuda.optim == "adamw_torch_fused" and cuda.precision == "bf16"
     assert attention_implementation(cuda) == "sdpa"  # no flash-attn kernels installed here
+    assert hardware_arguments(cuda)["dataloader_persistent_workers"] is True
+    cuda.dataloader_num_workers = 0  # torch refuses persistent workers where there are none
+    assert hardware_arguments(cuda)["dataloader_persistent_workers"] is False
 
 
 def test_liger_kernels_on_cpu_are_refused_before_training(compose_cfg):

@@ -233,6 +233,7 @@ class HardwareConfig:
     devices_per_node: int = 1
     num_nodes: int = 1
     dataloader_num_workers: int = 0
+    dataloader_persistent_workers: bool = False  # keep the workers between epochs (where there are any)
     optim: str = "adamw_torch"
     torch_empty_cache_steps: int | None = None
     # torch's intra-op threads; None: a Slurm task's cpus_per_task, else torch's default (all cores).

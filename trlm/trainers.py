@@ -186,6 +186,8 @@ def hardware_arguments(hardware: HardwareConfig) -> dict[str, Any]:
         "bf16": hardware.precision == Precision.bf16,
         "fp16": hardware.precision == Precision.fp16,
         "dataloader_num_workers": hardware.dataloader_num_workers,
+        # torch refuses persistent workers where there are none (a preset's workers overridden to 0)
+        "dataloader_persistent_workers": hardware.dataloader_persistent_workers and hardware.dataloader_num_workers > 0,
         "optim": hardware.optim,
         "torch_empty_cache_steps": hardware.torch_empty_cache_steps,
         "torch_compile": hardware.torch_compile,
