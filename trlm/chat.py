@@ -73,18 +73,18 @@ class ThinkPrinter:
 def reply(model, tokenizer, messages: list[dict[str, str]], args: argparse.Namespace) -> str:
     from transformers import TextIteratorStreamer
 
-    from trlm.chat_template import IM_END
+    from trlm.chat_template import cut_at_turn_end, turn_end_ids
 
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=False)
     settings = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "streamer": streamer,
-                "eos_token_id": tokenizer.convert_tokens_to_ids(IM_END), "pad_token_id": tokenizer.pad_token_id,
+                "eos_token_id": turn_end_ids(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                 "temperature": args.temperature if args.sample else None, "top_p": None, "top_k": None}  # fmt: skip
     thread = threading.Thread(target=model.generate, kwargs={**inputs, **settings}, daemon=True)
     thread.start()
     printer, text = ThinkPrinter(), ""
     for piece in streamer:
-        piece = piece.split(IM_END)[0]
+        piece = cut_at_turn_end(piece)  # the streamer decodes the token generation stopped at too
         text += piece
         printer.write(piece)
     thread.join()

@@ -19,6 +19,22 @@ import json
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 THINK_START, THINK_END = "<think>", "</think>"
 THINK_TOKENS = (THINK_START, THINK_END)
+# A reply ends at its <|im_end|>, or where the model starts another turn or the text without closing it.
+TURN_ENDS = (IM_END, IM_START, ENDOFTEXT)
+
+
+def turn_end_ids(tokenizer) -> list[int]:
+    """The ids that end a reply in `generate` (those of TURN_ENDS this tokenizer has as tokens)."""
+    vocabulary = tokenizer.get_vocab()
+    return [vocabulary[token] for token in TURN_ENDS if token in vocabulary]
+
+
+def cut_at_turn_end(text: str) -> str:
+    """A decoded reply up to the first of TURN_ENDS (special tokens such as <think> kept)."""
+    for token in TURN_ENDS:
+        text = text.split(token)[0]
+    return text
+
 
 _TEMPLATE = """\
 {%- if not messages or messages[0]['role'] != 'system' -%}

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trlm.chat_template import IM_END, THINK_END, THINK_START
+from trlm.chat_template import THINK_END, THINK_START, cut_at_turn_end, turn_end_ids
 from trlm.config import EvalConfig
 
 
@@ -64,12 +64,11 @@ def generate_replies(
                 temperature=cfg.temperature if cfg.do_sample else None,
                 top_p=None,
                 top_k=None,
-                eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+                eos_token_id=turn_end_ids(tokenizer),
                 pad_token_id=tokenizer.pad_token_id,
             )
             for row in output[:, batch["input_ids"].shape[1] :]:
-                # Keep special tokens (<think> is one); cut at the end of the turn.
-                replies.append(tokenizer.decode(row, skip_special_tokens=False).split(IM_END)[0])
+                replies.append(cut_at_turn_end(tokenizer.decode(row, skip_special_tokens=False)))
     finally:
         tokenizer.padding_side = padding_side
     return replies

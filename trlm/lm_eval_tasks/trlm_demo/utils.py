@@ -19,10 +19,10 @@ def load_docs(**_: Any):
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
     """One reply scored as a stage scores its held-out rows (trlm.evaluation.score_replies)."""
-    from trlm.chat_template import IM_END
+    from trlm.chat_template import cut_at_turn_end
     from trlm.evaluation import score_replies
 
-    reply = results[0].split(IM_END)[0]
+    reply = cut_at_turn_end(results[0])
     scores = score_replies([reply], [doc["reference"]], expect_think=True)
     well_formed = scores["think_format_rate"]
     return {
