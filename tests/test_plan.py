@@ -107,6 +107,13 @@ def test_a_sweep_plan_adds_up_its_trials_in_waves_of_n_jobs():
     assert describe_sweep(cpu, Estimate(600, 1))[0].startswith("sweep: 5 trials, ~50.0 min wall")  # cores shared
 
 
+def test_a_sweep_plan_refuses_what_the_sweep_would_refuse():
+    from trlm.errors import TrlmError
+
+    with pytest.raises(TrlmError, match=r"hydra.sweeper.n_jobs=0 is out of range"):
+        compose_multirun(["-m", "stage=dpo", "sweep=dpo_beta", "hydra.sweeper.n_jobs=0"])
+
+
 def test_a_pipeline_plan_lists_the_stages_in_lineage_order_and_what_it_cannot_estimate(tmp_path, capsys):
     print_plan(["pipeline", "experiment=demo", f"paths.output_root={tmp_path}"])  # no blend prepared there
     out = capsys.readouterr().out

@@ -37,6 +37,10 @@ def compose_multirun(overrides: list[str]) -> DictConfig:
     except Exception as error:  # Hydra's composition errors name the key
         raise TrlmError(f"the command does not compose: {error}") from None
     HydraConfig.instance().set_config(cfg)  # ${hydra:...} in the launcher resolves as in a job
+    if is_sweep(cfg):
+        from hydra_plugins.trlm_optuna.sweeper import check_settings
+
+        check_settings(cfg.hydra.sweeper)
     return cfg
 
 

@@ -77,6 +77,21 @@ def owner_alive(tag: str | None) -> bool:
     return True
 
 
+def check_settings(conf: Any) -> None:
+    """hydra.sweeper's own numbers, before anything is created (`trlm plan` checks them too)."""
+    rules = {
+        "n_trials": (conf.n_trials >= 1, ">= 1"),
+        "n_jobs": (conf.n_jobs >= 1, ">= 1"),
+        "max_failures": (conf.max_failures >= 0, ">= 0"),
+        "report_every": (conf.report_every > 0, "> 0"),
+    }
+    for key, (valid, rule) in rules.items():
+        if not valid:
+            raise TrlmError(f"hydra.sweeper.{key}={conf[key]} is out of range: it must be {rule}")
+    if conf.direction not in (None, "minimize", "maximize"):
+        raise TrlmError(f"hydra.sweeper.direction={conf.direction}: minimize, maximize or null (the objective's)")
+
+
 class TrlmOptunaSweeper(Sweeper):
     def __init__(self, **conf: Any) -> None:
         self.conf = OmegaConf.create(conf)
@@ -107,6 +122,7 @@ class TrlmOptunaSweeper(Sweeper):
         from trlm.study import describe_space, open_storage, search_space, write_results
 
         cfg = self.config
+        check_settings(self.conf)
         fixed, expressions = self.split_arguments(arguments)
         space = search_space(expressions)
         self.check_keys(space)
