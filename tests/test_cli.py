@@ -62,6 +62,14 @@ def test_refused_before_anything_is_written(train_in_process, tmp_path, args, ne
     assert_refused(train_in_process("experiment=demo", *args), tmp_path / "outputs", needle)
 
 
+@pytest.mark.parametrize("multirun", [[], ["-m", "sweep=lr"]], ids=["run", "sweep"])
+@pytest.mark.parametrize("name", ["../escaped", "nested/run", ".hidden"])
+def test_a_run_name_that_is_not_one_folder_is_refused(train_in_process, tmp_path, name, multirun):
+    before = snapshot(tmp_path)  # "../escaped" would land beside outputs/
+    result = train_in_process(*multirun, "experiment=demo", f"run.name={name}")
+    assert_refused(result, tmp_path, f"run.name={name!r} must be one folder name", before)
+
+
 def test_an_init_from_that_is_not_a_model(train_in_process, tmp_path):
     (tmp_path / "notes").mkdir()
     result = train_in_process("experiment=demo", f"run.init_from={tmp_path / 'notes'}")

@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from trlm import tracking
+from trlm import layout, tracking
 from trlm.config import register_configs
 from trlm.distributed import is_main_process, setup_slurm_task
 from trlm.errors import TrlmError
@@ -63,10 +63,10 @@ class CommandChecks(Callback):
         if config.hydra.runtime.choices.get("hydra/launcher") != "basic":
             args = " ".join(sys.argv[1:])
             refuse(f"launcher={launcher} submits jobs from a multirun only: run `python train.py -m {args}`")
-        self.check(Path(config.hydra.run.dir))
+        self.check(Path(config.hydra.run.dir), config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
-        self.check(Path(config.hydra.sweep.dir))
+        self.check(Path(config.hydra.sweep.dir), config)
         if config.hydra.runtime.choices.get("hydra/launcher") == "submitit_slurm":
             self.check_slurm(config)
 
@@ -92,7 +92,11 @@ class CommandChecks(Callback):
             refuse(f"launcher={launcher}: Slurm refuses this job: {refusal}")
 
     @staticmethod
-    def check(path: Path) -> None:
+    def check(path: Path, config: DictConfig) -> None:
+        try:  # before Hydra creates the directory
+            layout.check_run_name(config.run.name)
+        except TrlmError as error:
+            refuse(str(error))
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             refuse(f"cannot create {path}: {existing} is not a writable folder; set paths.output_root")

@@ -19,10 +19,21 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from trlm.errors import TrlmError
 from trlm.paths import project_path
 
 SWEEPS = "sweeps"
 SINGLE_TRIAL = "base"  # a multirun job without swept parameters (e.g. one Slurm job)
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def check_run_name(name: str) -> None:
+    """run.name is one folder: a path ("a/b", "../x") would nest runs or leave the outputs folder."""
+    if not RUN_NAME.fullmatch(name):
+        raise TrlmError(
+            f"run.name={name!r} must be one folder name (letters, digits, '.', '_', '+', '-'): "
+            "a run lives in <output_root>/<run.name>/<stage>"
+        )
 
 
 def output_root(root: str | Path) -> Path:

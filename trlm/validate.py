@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from transformers import SchedulerType
 
+from trlm import layout
 from trlm.config import Accelerator, HardwareConfig, Precision
 from trlm.distributed import world_size
 from trlm.errors import TrlmError
@@ -139,6 +140,7 @@ def check_config(cfg: DictConfig) -> None:
         raise TrlmError(f"{', '.join(missing)} must be set (it is ??? in the composed config)")
     check_known_keys(cfg)
     check_ranges(cfg)
+    layout.check_run_name(cfg.run.name)
     stage, recipe = cfg.stage, cfg.stage.recipe
     spec = TRAINERS[stage.trainer]
     choice("stage.recipe.loss_type", recipe.loss_type, spec.loss_types)
