@@ -11,8 +11,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.helpers import QUICK
+from trlm.config import TrainerKind
 from trlm.records import RunRecord, Summary
 from trlm.run_dir import COMPLETE_MARKER
+from trlm.trainers import TRAINERS
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +88,9 @@ def test_each_stage_leaves_a_complete_run_directory(stages, stage):
         == int(record.fingerprint_parts["global_batch"])
     )
     assert summary.objective["value"] == summary.metrics[summary.objective["metric"]]
+    # What an objective may name (checked before training) covers all the run reported: TRL logging a
+    # new figure fails here, not a user's sweep.
+    assert set(summary.metrics) <= TRAINERS[TrainerKind.dpo if stage == "dpo" else TrainerKind.sft].metrics
     assert [row["step"] for row in train_rows(run_dir)] == [1, 2, 3, 4]
     assert {"loss", "learning_rate", "grad_norm", "mean_token_accuracy", "entropy"} <= set(train_rows(run_dir)[0])
     if stage == "dpo":

@@ -41,6 +41,20 @@ from trlm.validate import check_config, check_hardware
             ],
             "needs stage.evaluation.generate=true",
         ),
+        (["stage=sft", "stage.objective.metric=eval_los"], "not a figure a sft stage reports; did you mean eval_loss"),
+        (["stage=sft", "stage.objective.metric=rewards/margins"], "not a figure a sft stage reports"),
+        (["stage=dpo", "stage.objective.metric=rewards/accuracy"], "did you mean rewards/accuracies"),
+        (
+            ["experiment=demo", "stage.objective.metric=think_leak_rate", "stage.evaluation.generate=false"],
+            "needs stage.evaluation.generate=true",  # every reply metric, not just the two the presets name
+        ),
+        (
+            ["hardware.attn_implementation=flash"],
+            "attn_implementation='flash' is not valid; choose one of: auto, eager",
+        ),
+        (["model=tiny_llama", "model.tiny.hidden_size=0"], "model.tiny.hidden_size=0 is out of range"),
+        (["model=tiny_llama", "model.tiny.hidden_size=130"], r"hidden_size \(130\) must be a multiple"),
+        (["tracking=wandb", "tracking.mode=sometimes"], "tracking.mode='sometimes' is not valid"),
         (["stage=sft", "data=report/dpo"], "needs a conversation blend"),
         (["stage=dpo", "data=demo/sft"], "needs a preference blend"),
         (["tracking.report_to=[tensorbored]"], "wandb"),

@@ -17,6 +17,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trlm.chat_template import THINK_END, THINK_START, cut_at_turn_end, turn_end_ids
 from trlm.config import EvalConfig
 
+# What score_replies returns (a stage's own evaluation; `start_<name>` the same for its start model).
+REPLY_METRICS = ("eval_prompts", "answer_accuracy", "answer_accuracy_stripped", "think_leak_rate",
+                 "think_format_rate", "think_empty_rate", "mean_trace_words")  # fmt: skip
+
 
 @dataclass(frozen=True)
 class ParsedReply:

@@ -27,6 +27,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from trlm.config import Accelerator, DataKind, HardwareConfig, Precision, RecipeConfig, StageConfig, TrainerKind
 from trlm.errors import TrlmError
+from trlm.evaluation import REPLY_METRICS
 from trlm.fsutil import atomic_write_with
 from trlm.padding_free import make_dpo_padding_free
 
@@ -112,6 +113,14 @@ class TrainerSpec:
     # or to the trainer (False).
     stage_keys: dict[str, bool]
     held_out: Callable[[Dataset], list[Conversation]]  # conversations whose last reply is the reference
+    logged: tuple[str, ...]  # what TRL logs each step (and, eval_-prefixed, at each evaluation)
+
+    @property
+    def metrics(self) -> frozenset[str]:
+        """Every figure a stage's summary can hold: what an objective may name (tests pin it to real runs)."""
+        replies = (*REPLY_METRICS, *(f"start_{name}" for name in REPLY_METRICS))
+        evaluated = (*self.logged, "runtime", "samples_per_second", "steps_per_second")
+        return frozenset((*self.logged, "epoch", *TRAINING_TOTALS, *(f"eval_{m}" for m in evaluated), *replies))
 
     @property
     def fields(self) -> set[str]:
@@ -130,13 +139,18 @@ def dpo_held_out(rows: Dataset) -> list[Conversation]:
     return [p + c for p, c in zip(rows["prompt"], rows["chosen"], strict=True)]  # the chosen reply is the reference
 
 
+SFT_LOGGED = ("loss", "grad_norm", "learning_rate", "entropy", "num_tokens", "mean_token_accuracy")
+PAIR_FIGURES = tuple(f"{kind}/{side}" for kind in ("rewards", "logps", "logits") for side in ("chosen", "rejected"))
+DPO_LOGGED = (*SFT_LOGGED, "rewards/accuracies", "rewards/margins", *PAIR_FIGURES)
+TRAINING_TOTALS = ("train_loss", "train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos")
 TRAINERS: dict[TrainerKind, TrainerSpec] = {
     TrainerKind.sft: TrainerSpec(
-        TrainerKind.sft, SFTConfig, SFTTrainer, DataKind.conversation, {"assistant_only_loss": True}, sft_held_out
+        TrainerKind.sft, SFTConfig, SFTTrainer, DataKind.conversation, {"assistant_only_loss": True}, sft_held_out,
+        SFT_LOGGED,
     ),
     TrainerKind.dpo: TrainerSpec(
         TrainerKind.dpo, DPOConfig, TrlmDPOTrainer, DataKind.preference, {"max_prompt_length": False},
-        dpo_held_out,
+        dpo_held_out, DPO_LOGGED,
     ),
 }  # fmt: skip
 STAGE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(StageConfig)}

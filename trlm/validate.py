@@ -8,6 +8,7 @@ computes all stop here with one line naming the key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 from collections.abc import Callable, Iterator
 
@@ -21,7 +22,6 @@ from trlm.distributed import world_size
 from trlm.errors import TrlmError
 
 TRACKERS = ("none", "wandb")
-GENERATION_METRICS = ("answer_accuracy", "think_format_rate")
 
 
 def at_least(low: float, strict: bool = False) -> tuple[Callable[[float], bool], str]:
@@ -29,6 +29,8 @@ def at_least(low: float, strict: bool = False) -> tuple[Callable[[float], bool],
 
 
 POSITIVE, COUNT, NON_NEGATIVE = at_least(0, strict=True), at_least(1), at_least(0)
+TINY_SHAPE = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "max_position_embeddings", "vocab_size")  # fmt: skip
 STEPS = (lambda v: v == -1 or v >= 1, "-1 (unset: epochs decide) or >= 1")
 # Ranges of the numeric settings; `*` stands for every item of a list. None (unset) is always allowed.
 RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
@@ -64,7 +66,10 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "hardware.num_nodes": COUNT,
     "hardware.dataloader_num_workers": NON_NEGATIVE,
     "hardware.cpu_threads": COUNT,
+    **{f"model.tiny.{key}": COUNT for key in TINY_SHAPE},
+    "model.tiny.rope_theta": POSITIVE,
 }
+WANDB_MODES = ("online", "offline", "disabled", "shared")
 
 
 def choice(key: str, value: object, valid: tuple[str, ...]) -> None:
@@ -113,15 +118,29 @@ def check_ranges(cfg: DictConfig) -> None:
 
 def check_objective(cfg: DictConfig) -> None:
     """The objective must be a figure the stage computes, or a sweep would optimise nothing."""
+    from trlm.evaluation import REPLY_METRICS
+    from trlm.trainers import TRAINERS
+
     stage, data, metric = cfg.stage, cfg.data, cfg.stage.objective.metric
+    known = TRAINERS[stage.trainer].metrics
+    if not metric.startswith("lm_eval/") and metric not in known:  # else found missing only after training
+        close = difflib.get_close_matches(metric, known, n=1)
+        examples = "eval_loss, train_loss, answer_accuracy, ..."
+        advice = (
+            f"did you mean {close[0]}?" if close else f"one of its summary's metrics ({examples}) or lm_eval/<task>/<m>"
+        )
+        raise TrlmError(
+            f"stage.objective.metric={metric!r} is not a figure a {stage.trainer.value} stage reports; {advice}"
+        )
     held_out = data.eval_size > 0 or len(data.eval_sources) > 0
     base = metric.removeprefix("start_")
-    if (metric.startswith("eval_") or base in GENERATION_METRICS) and not held_out:
+    generated = base in REPLY_METRICS
+    if (metric.startswith("eval_") or generated) and not held_out:
         raise TrlmError(
             f"stage.objective.metric={metric} is measured on held-out rows, but data={data.name} holds none: "
             f"set data.eval_size (or data.eval_sources), or choose a training metric such as train_loss"
         )
-    if base in GENERATION_METRICS and not stage.evaluation.generate:
+    if generated and not stage.evaluation.generate:
         raise TrlmError(f"stage.objective.metric={metric} needs stage.evaluation.generate=true")
     if metric.startswith("lm_eval/") and metric.split("/")[1] not in stage.evaluation.lm_eval.tasks:
         raise TrlmError(f"stage.objective.metric={metric} needs its task in stage.evaluation.lm_eval.tasks "
@@ -150,6 +169,11 @@ def check_config(cfg: DictConfig) -> None:
         raise TrlmError("stage.recipe: set num_train_epochs > 0 or max_steps >= 1")
     if (cfg.model.path is None) == (cfg.model.tiny is None):
         raise TrlmError(f"model {cfg.model.name}: set exactly one of model.path and model.tiny")
+    if cfg.model.tiny is not None:
+        check_tiny_shape(cfg.model.tiny)
+    check_attention(cfg.hardware.attn_implementation)
+    if cfg.tracking.mode is not None:
+        choice("tracking.mode", cfg.tracking.mode, WANDB_MODES)
     for tracker in cfg.tracking.report_to:
         choice("tracking.report_to", tracker, TRACKERS)
     if cfg.data.kind != spec.data_kind:
@@ -160,6 +184,26 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.data.eval_size and cfg.data.eval_sources:
         raise TrlmError(f"data={cfg.data.name}: hold rows out by data.eval_size or data.eval_sources, not both")
     check_objective(cfg)
+
+
+def check_tiny_shape(tiny: DictConfig) -> None:
+    heads, kv_heads = tiny.num_attention_heads, tiny.num_key_value_heads
+    if tiny.hidden_size % heads or heads % kv_heads:
+        raise TrlmError(
+            f"model.tiny: hidden_size ({tiny.hidden_size}) must be a multiple of num_attention_heads ({heads}), "
+            f"and num_attention_heads of num_key_value_heads ({kv_heads})"
+        )
+
+
+def check_attention(name: str) -> None:
+    """One transformers knows (a Hub kernel "org/repo" is its to judge), or `auto`."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from trlm.padding_free import DOCUMENT_ATTENTION  # trlm's own, chosen by hardware.padding_free
+
+    known = [key for key in ALL_ATTENTION_FUNCTIONS.valid_keys() if key != DOCUMENT_ATTENTION]
+    if "/" not in name:
+        choice("hardware.attn_implementation", name, ("auto", "eager", *known))
 
 
 def check_hardware(hardware: HardwareConfig) -> None:
