@@ -192,3 +192,10 @@ def test_two_preparations_of_one_new_blend(tmp_path):
     blends = [p for p in (tmp_path / "blends").iterdir() if not p.name.endswith(".lock")]
     assert len(blends) == 1 and (blends[0] / "metadata.json").exists()
     assert sum("preparing 1 source(s)" in out for out in outputs) == 1  # built once, the other reused it
+
+
+def test_a_preparation_checks_the_data_ranges_training_would(tmp_path):
+    prepare = [sys.executable, "-m", "trlm.cli", "prepare", "data=demo/sft", "data.seed=-1",
+               f"paths.output_root={tmp_path}"]  # fmt: skip
+    result = subprocess.run(prepare, capture_output=True, text=True, timeout=300)
+    assert_refused(result, tmp_path, "data.seed=-1 is out of range: it must be >= 0")

@@ -155,8 +155,10 @@ def prepare(cfg: DictConfig) -> None:
     from trlm.data.card import push_to_hub
     from trlm.data.prepare import prepare_blend
     from trlm.paths import project_path
+    from trlm.validate import check_ranges
 
     try:
+        check_ranges(cfg)  # the data.* ranges training would check
         prepared = prepare_blend(cfg.data, project_path(cfg.paths.blends_dir), rebuild=cfg.rebuild)
         meta = prepared.metadata
         print(f"{meta.name}: {meta.total_entries} rows in {prepared.path} (sha256 {meta.content_sha256})")

@@ -143,6 +143,8 @@ class SourceConfig:
     """One source of a blend: a Hub dataset id, or a local JSONL / JSON / parquet file or folder."""
 
     name: str = MISSING
+    # A Hub dataset's config and split; on local files they only label the rows' provenance
+    # (_source_subset / _source_split), so an offline copy of a Hub blend records the same.
     subset: str | None = None
     split: str = "train"
     entries: int | None = None  # cap: the first N rows; None takes all
