@@ -231,5 +231,6 @@ def check_hardware(hardware: HardwareConfig) -> None:
     if world_size() != expected_ranks:
         raise TrlmError(
             f"{name} expects {expected_ranks} ranks but this process group has {world_size()}; "
-            f"launch with `torchrun --nproc-per-node {hardware.devices_per_node} train.py ...`"
+            f"launch with `torchrun --nproc-per-node {hardware.devices_per_node} train.py ...`, or tell the preset "
+            f"(hardware.devices_per_node x hardware.num_nodes = {world_size()})"
         )
