@@ -54,7 +54,7 @@ def describe(cfg: DictConfig) -> list[str]:
         f"{getattr(hardware.precision, 'name', hardware.precision)}",
     ]
     sweeper = cfg.hydra.sweeper
-    if choices.get("hydra/sweeper") == "trlm_optuna":
+    if is_sweep(cfg):
         jobs, at_once = sweeper.n_trials, min(sweeper.n_jobs, sweeper.n_trials)
         lines.append(f"sweep {cfg.run.sweep}: {jobs} trial jobs, {at_once} at once")
     else:
@@ -237,7 +237,10 @@ def print_pipeline_plan(overrides: list[str]) -> int:
         cfg = compose_multirun([*overrides, f"stage={stage}"])
         lines, estimate = describe_workload(cfg)
         print("\n".join([f"== {stage}", *describe(cfg)[:2], *lines]))
-        (unknown.append(stage) if estimate is None else estimates.append(estimate))
+        if estimate is None:
+            unknown.append(stage)
+        else:
+            estimates.append(estimate)
     slurm = cfg.hydra.runtime.choices.get("hydra/launcher") == "submitit_slurm"
     where = "one Slurm job a stage, chained afterok" if slurm else "one stage after the other on this machine"
     seconds, hours = sum(e.seconds for e in estimates), sum(e.device_hours for e in estimates)
