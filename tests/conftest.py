@@ -1,4 +1,4 @@
-"""Shared fixtures: Hydra `compose()` over the real conf/ tree, and a CLI runner for train.py."""
+"""Shared fixtures: `compose()` / `plan_stage()` over the real conf/ tree, and a CLI runner for train.py."""
 
 from __future__ import annotations
 
@@ -10,24 +10,31 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from trlm.config import register_configs
-from trlm.layout import register_resolvers
-from trlm.paths import CONF_DIR, PROJECT_ROOT
-
-register_configs()
-register_resolvers()
+from trlm.compose import compose
+from trlm.paths import PROJECT_ROOT
+from trlm.stage_plan import StagePlan, plan_stage
 
 
 @pytest.fixture(scope="session")  # stateless: module- and session-scoped fixtures may use it too
 def compose_cfg() -> Callable[..., DictConfig]:
-    def _compose(*overrides: str) -> DictConfig:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="train", overrides=list(overrides))
+    """The config `python train.py ARGS` composes (trlm.compose, as every command composes)."""
+
+    def _compose(*args: str) -> DictConfig:
+        return compose(list(args))
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def plan_for() -> Callable[..., StagePlan]:
+    """The plan of `python train.py ARGS` (a previous stage not run yet: planned as it will start)."""
+
+    def _plan(*args: str) -> StagePlan:
+        return plan_stage(compose(list(args)), lineage_pending=True)
+
+    return _plan
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.helpers import assert_one_line_refusal
-from trlm.compare import compare, compare_command, differing, find_runs
+from trlm.compare import compare, compare_command, differing
 from trlm.errors import TrlmError
 from trlm.paths import PROJECT_ROOT
 from trlm.records import Summary
+from trlm.runs import find_runs
 
 # Two SFT trials of 8 steps, logged every 2; the sampler draws their learning rates.
 SWEEP = ("-m", "experiment=demo", "stage=sft", "sweep=lr", "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner=null",

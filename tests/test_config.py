@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from trlm.config import TrainerKind
+from trlm.errors import TrlmError
 from trlm.paths import CONF_DIR
-from trlm.trainers import TRAINERS
+from trlm.trainer_kinds import TRAINERS
 
 STAGES = sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
 HARDWARE = sorted(p.stem for p in (CONF_DIR / "hardware").glob("*.yaml"))
@@ -81,9 +81,11 @@ def test_demo_changes_model_data_and_recipe_but_keeps_the_schedule_shape(compose
 
 
 def test_recipe_keys_are_trl_arguments():
-    for kind, spec in TRAINERS.items():
+    from trlm.library_facts import library_facts
+
+    for kind in TRAINERS:
         recipe_keys = set(REPORT["dpo" if kind == TrainerKind.dpo else "sft"])
-        assert recipe_keys <= spec.fields
+        assert recipe_keys <= library_facts().config_fields[kind.value]
 
 
 def test_the_tiny_tokenizer_learns_every_stages_system_prompt(compose_cfg):
@@ -102,21 +104,20 @@ def test_report_objectives_are_evaluation_figures(compose_cfg, stage):
 
 
 @pytest.mark.parametrize(
-    ("override", "error", "needle"),
+    ("override", "needle"),
     [
-        ("stage.recipe.lerning_rate=1", ConfigCompositionException, "lerning_rate"),
-        ("stage.recipe.learning_rate=fast", ConfigCompositionException, "learning_rate"),
-        ("hardware.precision=fp8", ConfigCompositionException, "fp32"),
-        ("stage=pretrain", ConfigCompositionException, "stage/pretrain"),
-        ("hardware=tpu", ConfigCompositionException, "hardware/tpu"),
-        ("experiment=paper", ConfigCompositionException, "experiment/paper"),
+        ("stage.recipe.lerning_rate=1", "lerning_rate"),
+        ("stage.recipe.learning_rate=fast", "learning_rate"),
+        ("hardware.precision=fp8", "fp32"),
+        ("stage=pretrain", "stage/pretrain"),
+        ("hardware=tpu", "hardware/tpu"),
+        ("experiment=paper", "experiment/paper"),
     ],
 )
-def test_schema_rejects_bad_values_at_composition(compose_cfg, override, error, needle):
-    with pytest.raises(error) as raised:
+def test_schema_rejects_bad_values_at_composition(compose_cfg, override, needle):
+    with pytest.raises(TrlmError, match="the command does not compose") as raised:
         compose_cfg(override)
-    message = str(raised.value) + str(raised.value.__cause__ or "")
-    assert needle in message
+    assert needle in str(raised.value)
 
 
 def test_structured_types_apply_to_yaml_groups(compose_cfg):

@@ -14,7 +14,7 @@ from tests.helpers import QUICK
 from trlm.config import TrainerKind
 from trlm.records import RunRecord, Summary
 from trlm.run_dir import COMPLETE_MARKER
-from trlm.trainers import TRAINERS
+from trlm.trainer_kinds import TRAINERS
 
 pytestmark = pytest.mark.slow
 

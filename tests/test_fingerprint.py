@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from trlm.fingerprint import differences, fingerprint, fingerprint_parts
+from trlm.fingerprint import base_parts, differences, fingerprint, with_data
+from trlm.lineage import StartPoint
 
 DATA = {"sha256": "a" * 64, "eval_sha256": None, "rows": {"train": 10}, "too_long": {"policy": "truncate"}}
-START = {"kind": "base", "source": "tiny:tiny_llama", "stage": None, "fingerprint": None}
+START = StartPoint("base", "tiny:tiny_llama")
 
 
 @pytest.fixture
-def parts(compose_cfg):
-    return lambda *overrides, data=DATA, start=START: fingerprint_parts(
-        compose_cfg("experiment=demo", "stage=sft", *overrides), start, data
-    )
+def parts(plan_for):
+    def _parts(*overrides, data=DATA, start=START):
+        plan = plan_for("experiment=demo", "stage=sft", *overrides)
+        assert plan.fingerprint_parts == base_parts(plan.stage, plan.model, plan.hardware, plan.start)
+        return with_data(base_parts(plan.stage, plan.model, plan.hardware, start), data)
+
+    return _parts
 
 
 @pytest.mark.parametrize(
@@ -55,4 +59,4 @@ def test_what_changes_the_weights_changes_its_part(parts, override, part):
 
 def test_data_and_start_are_parts(parts):
     assert differences(parts(), parts(data={**DATA, "sha256": "b" * 64})) == ["data"]
-    assert differences(parts(), parts(start={**START, "fingerprint": "retrained"})) == ["start"]
+    assert differences(parts(), parts(start=StartPoint("base", "tiny:tiny_llama", fingerprint="x"))) == ["start"]

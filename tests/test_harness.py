@@ -13,8 +13,8 @@ import sys
 import pytest
 
 from tests.helpers import QUICK, assert_one_line_refusal
-from trlm.errors import TrlmError
-from trlm.harness import check_tasks, flat_metrics, model_dir_of, task_manager
+from trlm.errors import Problems, TrlmError
+from trlm.harness import flat_metrics, model_dir_of, task_manager, unknown_tasks
 from trlm.records import Summary
 
 
@@ -40,7 +40,7 @@ def test_lm_evals_figures_are_flattened_without_bookkeeping():
 @pytest.mark.slow
 def test_unknown_and_unreachable_tasks_are_one_clear_line(tmp_path):
     with pytest.raises(TrlmError, match=r"unknown lm-eval task.*nope.*trlm_demo"):
-        check_tasks(["trlm_demo", "nope"], task_manager())
+        raise Problems(unknown_tasks(["trlm_demo", "nope"], task_manager()))
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")

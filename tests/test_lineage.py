@@ -9,7 +9,12 @@ import pytest
 from tests.helpers import finish_run
 from trlm import layout
 from trlm.errors import TrlmError
-from trlm.lineage import resolve_start
+from trlm.stage_plan import plan_stage
+
+
+def resolve_start(cfg):
+    """The start the stage's plan decides (lineage runs as part of planning)."""
+    return plan_stage(cfg).start
 
 
 def finish(run_dir):

@@ -7,7 +7,8 @@ import zipfile
 import pytest
 
 from trlm.errors import TrlmError
-from trlm.model_fetch import check_architecture, fetch, fetchable
+from trlm.model_fetch import fetch, fetchable
+from trlm.model_source import check_architecture
 from trlm.modeling import tiny_model_dir
 
 

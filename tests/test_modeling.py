@@ -10,7 +10,8 @@ from tests.helpers import TINY, stage
 from trlm.chat_template import THINK_TOKENS
 from trlm.config import HardwareConfig
 from trlm.errors import TrlmError
-from trlm.modeling import load_model, load_tokenizer, resolve_pretrained, stage_tokenizer, tiny_model_dir
+from trlm.model_source import resolve_pretrained
+from trlm.modeling import load_model, load_tokenizer, stage_tokenizer, tiny_model_dir
 
 
 @pytest.fixture(scope="module")

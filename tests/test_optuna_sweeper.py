@@ -164,7 +164,7 @@ def test_two_workers_share_one_study(tmp_path):
         (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0 is out of range: it must be >= 1"),
         (["hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs=0 is out of range: it must be >= 1"),
         (["hydra.sweeper.report_every=0"], "hydra.sweeper.report_every=0.0 is out of range: it must be > 0"),
-        (["hydra.sweeper.direction=up"], "hydra.sweeper.direction=up: minimize, maximize or null"),
+        (["hydra.sweeper.direction=up"], "hydra.sweeper.direction=up must be minimize, maximize or null"),
     ],
 )
 def test_bad_sweeps_are_refused_in_one_line(train_in_process, tmp_path, args, needle):

@@ -15,10 +15,10 @@ from trlm.records import RunRecord, Summary
 
 def test_a_chosen_stage_is_refused_rather_than_ignored():
     from trlm.errors import TrlmError
-    from trlm.pipeline import run_pipeline
+    from trlm.pipeline import pipeline_command
 
     with pytest.raises(TrlmError, match=r"runs every stage in order, so stage=dpo does not apply"):
-        run_pipeline(["experiment=demo", "stage=dpo"])
+        pipeline_command(["experiment=demo", "stage=dpo"])
 
 
 FAST = (*QUICK, "stage.recipe.max_steps=2", "stage.evaluation.generate=false")

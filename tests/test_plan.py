@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from trlm.plan import compose_multirun, describe, print_plan
+from trlm.plan import describe_launch, plan_command, plan_for
+
+
+def training_tokenizer(plan):
+    """The stage's tokenizer as training loads it (transformers; the tiny model built): the reference for
+    the plan's own light count."""
+    from trlm.modeling import load_tokenizer, start_model_dir
+
+    return load_tokenizer(start_model_dir(plan.model, plan.start, plan.cache_dir), plan.stage)
 
 
 def test_a_sweep_on_the_mi300x_preset_packs_eight_single_gpu_trials_on_a_node(capsys):
-    print_plan(["-m", "stage=dpo", "sweep=dpo_beta", "hardware=mi300x", "launcher=mi300x", "hydra.sweeper.n_jobs=8"])
+    plan_command(["-m", "stage=dpo", "sweep=dpo_beta", "hardware=mi300x", "launcher=mi300x", "hydra.sweeper.n_jobs=8"])
     out = capsys.readouterr().out
     assert "sweep dpo_beta: 12 trial jobs, 8 at once" in out
     assert "each job 1 node(s) x 1 task(s), 1 GPU(s); at most 8 GPUs on 1 node(s)" in out
@@ -18,20 +26,19 @@ def test_a_sweep_on_the_mi300x_preset_packs_eight_single_gpu_trials_on_a_node(ca
 
 
 def test_a_whole_node_run_asks_eight_tasks_and_eight_gpus(capsys):
-    print_plan(["stage=sft", "hardware=mi300x_node", "launcher=mi300x", "hydra.launcher.partition=gpu"])
+    plan_command(["stage=sft", "hardware=mi300x_node", "launcher=mi300x", "hydra.launcher.partition=gpu"])
     out = capsys.readouterr().out
     assert "#SBATCH --ntasks-per-node=8" in out and "#SBATCH --gpus-per-node=8" in out
     assert "#SBATCH --partition=gpu" in out and "one job" in out
 
 
 def test_two_trials_of_a_node_each_need_two_nodes_at_once():
-    cfg = compose_multirun(["stage=sft", "sweep=lr", "hardware=mi300x_node", "launcher=mi300x",
-                            "hydra.sweeper.n_jobs=2"])  # fmt: skip
-    assert "at most 16 GPUs on 2 node(s)" in describe(cfg)[-1]
+    plan = plan_for(["stage=sft", "sweep=lr", "hardware=mi300x_node", "launcher=mi300x", "hydra.sweeper.n_jobs=2"])
+    assert "at most 16 GPUs on 2 node(s)" in describe_launch(plan)[-1]
 
 
 def test_a_local_command_has_no_sbatch_script(capsys):
-    print_plan(["experiment=demo"])
+    plan_command(["experiment=demo"])
     out = capsys.readouterr().out
     assert "stage sft of run demo" in out and "jobs run on this machine" in out and "#SBATCH" not in out
 
@@ -40,29 +47,30 @@ def test_a_command_that_does_not_compose_is_one_line():
     from trlm.errors import TrlmError
 
     with pytest.raises(TrlmError, match="does not compose"):
-        compose_multirun(["hardware=nope"])
+        plan_for(["hardware=nope"])
 
 
 @pytest.mark.slow
 def test_the_plan_counts_the_prepared_blends_rows_tokens_and_steps(tmp_path, capsys):
     from trlm.data.blend import load_prepared
     from trlm.data.prepare import prepare_blend
-    from trlm.plan import base_tokenizer, workload
+    from trlm.plan import workload
 
     overrides = ["experiment=demo", "stage=sft_think", f"paths.output_root={tmp_path}"]
-    cfg = compose_multirun(overrides)
-    assert workload(cfg) is None  # not prepared: nothing is guessed
-    rows = load_prepared(prepare_blend(cfg.data, tmp_path / "blends"))
-    work = workload(cfg)
-    train = rows.select(range(len(rows) - cfg.data.eval_size))
-    tokenizer = base_tokenizer(cfg)
+    plan = plan_for(overrides)
+    assert workload(plan) is None  # not prepared: nothing is guessed
+    rows = load_prepared(prepare_blend(plan.data, tmp_path / "blends"))
+    work = workload(plan)  # counted before the tiny model exists: its tokenizer trained in memory
+    train = rows.select(range(len(rows) - plan.data.eval_size))
+    tokenizer = training_tokenizer(plan_for([*overrides, "stage.previous=null"]))  # the base model's, + think tokens
     lengths = [
         len(tokenizer.apply_chat_template(r, tokenize=True, return_dict=True)["input_ids"]) for r in train["messages"]
     ]
-    assert (work.rows, work.steps) == (len(train), cfg.stage.recipe.max_steps)
-    assert work.tokens == sum(min(n, cfg.stage.recipe.max_length) for n in lengths)
+    assert (work.rows, work.steps) == (len(train), plan.stage.recipe.max_steps)
+    assert work.tokens == sum(min(n, plan.stage.recipe.max_length) for n in lengths)
     assert "<think>" in tokenizer.get_vocab()  # stage 2's tokens, as training adds them
-    print_plan(overrides)
+    assert workload(plan).tokens == work.tokens  # and the same from the built model's tokenizer
+    plan_command(overrides)
     assert (
         f"{work.rows:,} training rows, {work.tokens:,} tokens; {work.steps:,} optimizer steps"
         in capsys.readouterr().out
@@ -73,37 +81,37 @@ def test_the_plan_counts_the_prepared_blends_rows_tokens_and_steps(tmp_path, cap
 def test_a_dpo_plan_counts_both_sides_of_each_pair_and_the_reference_pass(tmp_path):
     from trlm.data.blend import load_prepared
     from trlm.data.prepare import prepare_blend
-    from trlm.plan import REFERENCE_PASS, base_tokenizer, describe_workload, recorded_throughput, workload
+    from trlm.plan import REFERENCE_PASS, describe_workload, recorded_throughput, workload
 
     overrides = ["experiment=demo", "stage=dpo", f"paths.output_root={tmp_path}"]
-    cfg = compose_multirun(overrides)
-    rows = load_prepared(prepare_blend(cfg.data, tmp_path / "blends"))
-    train = rows.select(range(len(rows) - cfg.data.eval_size))
-    tokenizer = base_tokenizer(cfg)
+    plan = plan_for(overrides)
+    rows = load_prepared(prepare_blend(plan.data, tmp_path / "blends"))
+    train = rows.select(range(len(rows) - plan.data.eval_size))
+    tokenizer = training_tokenizer(plan_for([*overrides, "stage.previous=null"]))  # the base model's, + think tokens
     sides = [
         [len(tokenizer.apply_chat_template(p + reply, tokenize=True, return_dict=True)["input_ids"]) for reply in pair]
         for p, *pair in zip(train["prompt"], train["chosen"], train["rejected"], strict=True)
     ]
     cap = min(min(pair) for pair in sides)  # each side capped at max_length on its own
     assert any(max(pair) > cap for pair in sides)
-    cfg = compose_multirun([*overrides, f"stage.recipe.max_length={cap}"])
-    work = workload(cfg)
+    plan = plan_for([*overrides, f"stage.recipe.max_length={cap}"])
+    work = workload(plan)
     assert work.tokens == sum(min(n, cap) for pair in sides for n in pair)
-    lines, estimate = describe_workload(cfg)
+    lines, estimate = describe_workload(plan)
     assert "(chosen + rejected)" in lines[0] and "+ the reference forward" in lines[1]
     assert estimate.seconds == pytest.approx(
-        work.trained_tokens * REFERENCE_PASS / recorded_throughput(cfg).tokens_per_s
+        work.trained_tokens * REFERENCE_PASS / recorded_throughput(plan).tokens_per_s
     )
 
 
 def test_a_sweep_plan_adds_up_its_trials_in_waves_of_n_jobs():
     from trlm.plan import Estimate, describe_sweep
 
-    cfg = compose_multirun(["-m", "stage=dpo", "sweep=dpo_beta", "hardware=mi300x", "hydra.sweeper.n_trials=5",
-                            "hydra.sweeper.n_jobs=2"])  # fmt: skip
-    (line,) = describe_sweep(cfg, Estimate(seconds=600, ranks=1))
+    plan = plan_for(["-m", "stage=dpo", "sweep=dpo_beta", "hardware=mi300x", "hydra.sweeper.n_trials=5",
+                     "hydra.sweeper.n_jobs=2"])  # fmt: skip
+    (line,) = describe_sweep(plan, Estimate(seconds=600, ranks=1))
     assert line.startswith("sweep: 5 trials, ~30.0 min wall, 0.83 GPU-hours in all")  # 3 waves; 5 x 10 min
-    cpu = compose_multirun(["-m", "stage=dpo", "sweep=dpo_beta", "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2"])
+    cpu = plan_for(["-m", "stage=dpo", "sweep=dpo_beta", "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2"])
     assert describe_sweep(cpu, Estimate(600, 1))[0].startswith("sweep: 5 trials, ~50.0 min wall")  # cores shared
 
 
@@ -111,11 +119,11 @@ def test_a_sweep_plan_refuses_what_the_sweep_would_refuse():
     from trlm.errors import TrlmError
 
     with pytest.raises(TrlmError, match=r"hydra.sweeper.n_jobs=0 is out of range"):
-        compose_multirun(["-m", "stage=dpo", "sweep=dpo_beta", "hydra.sweeper.n_jobs=0"])
+        plan_for(["-m", "stage=dpo", "sweep=dpo_beta", "hydra.sweeper.n_jobs=0"])
 
 
 def test_a_pipeline_plan_lists_the_stages_in_lineage_order_and_what_it_cannot_estimate(tmp_path, capsys):
-    print_plan(["pipeline", "experiment=demo", f"paths.output_root={tmp_path}"])  # no blend prepared there
+    plan_command(["pipeline", "experiment=demo", f"paths.output_root={tmp_path}"])  # no blend prepared there
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if line.startswith("== ")] == [
         "== sft", "== sft_think", "== dpo",
@@ -131,10 +139,10 @@ def test_a_pipeline_plan_adds_up_the_stages_it_can_estimate(tmp_path, capsys):
     overrides = ["experiment=demo", f"paths.output_root={tmp_path}"]
     estimates = []
     for stage in ("sft", "dpo"):
-        cfg = compose_multirun([*overrides, f"stage={stage}"])
-        prepare_blend(cfg.data, tmp_path / "blends")
-        estimates.append(describe_workload(cfg)[1].seconds)
-    print_plan(["pipeline", *overrides])
+        plan = plan_for([*overrides, f"stage={stage}"])
+        prepare_blend(plan.data, tmp_path / "blends")
+        estimates.append(describe_workload(plan)[1].seconds)
+    plan_command(["pipeline", *overrides])
     total = capsys.readouterr().out.splitlines()[-1]
     assert (
         total == f"== pipeline: one stage after the other on this machine; ~{minutes(sum(estimates))} of training "
@@ -154,7 +162,7 @@ def test_the_time_estimate_reads_the_benchmark_figure_for_the_hardware_and_model
     (tmp_path / "gpu-some-gpu.json").write_text(json.dumps(card))
 
     def figure(*overrides):
-        return recorded_throughput(compose_multirun(list(overrides)), tmp_path)
+        return recorded_throughput(plan_for(list(overrides)), tmp_path)
 
     # CPU: bench-train's figure, shared by the local copy of the same model; none for another model
     assert figure("stage=sft", "hardware=cpu").tokens_per_s == 120

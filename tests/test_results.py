@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from tests.helpers import finish_run
-from trlm.results import LEGEND, find_runs, format_table, print_results
+from trlm.results import LEGEND, finished_runs, format_table, print_results
 
 
 def test_stages_in_pipeline_order_with_missing_figures_dashed(tmp_path):
     finish_run(tmp_path / "dpo", {"train_loss": 0.5, "eval_rewards/accuracies": 0.875}, stage_name="dpo")
     finish_run(tmp_path / "sft", {"train_loss": 1.25, "answer_accuracy": 0.5})
     (tmp_path / "sft_think").mkdir()  # unfinished: no summary
-    rows = find_runs(tmp_path)
+    rows = finished_runs(tmp_path)
     assert [name for name, _ in rows] == ["sft", "dpo"]
     lines = format_table(rows).splitlines()
     assert lines[0].split()[:3] == ["run", "steps", "train"]
@@ -21,7 +21,7 @@ def test_stages_in_pipeline_order_with_missing_figures_dashed(tmp_path):
 def test_sweep_trials_at_any_depth_are_found(tmp_path):
     finish_run(tmp_path / "sft")
     finish_run(tmp_path / "sweeps" / "lr" / "sft" / "3")
-    assert [name for name, _ in find_runs(tmp_path)] == ["sft", "sweeps/lr/sft/3"]
+    assert [name for name, _ in finished_runs(tmp_path)] == ["sft", "sweeps/lr/sft/3"]
 
 
 def test_print_results_names_checkpoints_metrics_and_a_legend(tmp_path, capsys):

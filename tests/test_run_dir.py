@@ -6,14 +6,8 @@ import json
 from types import SimpleNamespace
 
 from tests.helpers import finish_run
-from trlm.run_dir import (
-    COMPLETE_MARKER,
-    CheckpointMarker,
-    MetricsLog,
-    has_progress,
-    is_finished,
-    latest_complete_checkpoint,
-)
+from trlm.callbacks import CheckpointMarker, MetricsLog
+from trlm.run_dir import COMPLETE_MARKER, has_progress, is_finished, latest_complete_checkpoint
 
 
 def checkpoint(root, step, complete=True):

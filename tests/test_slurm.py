@@ -6,12 +6,11 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from omegaconf import OmegaConf
 
 from hydra_plugins.trlm_submitit.launcher import sbatch_script
 from tests.helpers import QUICK, requires_cluster
 from tests.test_distributed import final_weights
-from trlm.plan import compose_multirun
+from trlm.plan import plan_for
 from trlm.records import RunRecord, Summary
 
 pytestmark = pytest.mark.slow
@@ -34,8 +33,8 @@ def test_a_stage_through_slurm_matches_the_same_stage_run_here(run_cli, tmp_path
     for key in ("train_loss", "eval_loss", "answer_accuracy"):
         assert there[key] == pytest.approx(here[key], rel=1e-4), key
     (submitted,) = trial.parent.glob(".submitit/*/*_submission.sh")
-    cfg = compose_multirun([f"paths.output_root={tmp_path / 'slurm'}", *QUICK, "stage=sft", "launcher=local_slurm"])
-    planned = sbatch_script(OmegaConf.to_container(cfg.hydra.launcher, resolve=True))
+    plan = plan_for([f"paths.output_root={tmp_path / 'slurm'}", *QUICK, "stage=sft", "launcher=local_slurm"])
+    planned = sbatch_script(plan.launch.options)
     assert planned == submitted.read_text()  # `trlm plan` prints the script Slurm got
 
 
@@ -201,7 +200,7 @@ def test_a_partition_slurm_does_not_have_is_slurms_own_refusal_in_one_line(run_c
     result = run_cli("-m", *QUICK, "launcher=local_slurm", "hydra.launcher.partition=nope")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert (
-        "launcher=local_slurm: Slurm refuses this job: sbatch: error: invalid partition specified: nope"
+        "launcher=local_slurm asks for a job Slurm refuses: sbatch: error: invalid partition specified: nope"
         in result.stderr
     )
     assert not (tmp_path / "outputs").exists()  # refused before a job, a study or a folder

@@ -112,16 +112,15 @@ def test_the_local_preset_before_a_fetch_says_how_to_fetch(train_in_process, tmp
     assert result.returncode == 2 and "run `trlm model fetch smollm2-135m-instruct` once" in result.stderr
 
 
-def test_the_hub_preset_offline_falls_back_to_the_fetched_copy_saying_so(smollm2, compose_cfg, monkeypatch, caplog):
-    from trlm.lineage import resolve_start
-    from trlm.run import start_model_dir
+def test_the_hub_preset_offline_falls_back_to_the_fetched_copy_saying_so(smollm2, plan_for, monkeypatch, caplog):
+    from trlm.model_source import pretrained_dir
 
     _, directory = smollm2
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")  # nothing cached
-    cfg = compose_cfg("stage=sft", "model=smollm2_135m", f"model.package.directory={directory}")
-    assert start_model_dir(cfg, resolve_start(cfg)) == str(directory)
+    plan = plan_for("stage=sft", "model=smollm2_135m", f"model.package.directory={directory}")
+    assert pretrained_dir(plan.model, plan.start) == str(directory)
     assert "the Hub is unreachable" in caplog.text and str(directory) in caplog.text
-    cfg = compose_cfg("stage=sft", "model=smollm2_135m", "model.package.directory=/nonexistent")
+    plan = plan_for("stage=sft", "model=smollm2_135m", "model.package.directory=/nonexistent")
     with pytest.raises(TrlmError, match="not in the local Hugging Face cache and the Hub is unreachable"):
-        start_model_dir(cfg, resolve_start(cfg))
+        pretrained_dir(plan.model, plan.start)

@@ -15,14 +15,15 @@ from trlm.wandb_offline import read_runs
 DUMMY_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, as a real key
 
 
-def test_none_reports_nowhere(compose_cfg, monkeypatch, tmp_path):
+def test_none_reports_nowhere(plan_for, monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
-    cfg = compose_cfg("tracking=none")
-    tracking.configure(cfg, tmp_path)
-    assert tracking.report_to(cfg) == ["none"] and "WANDB_PROJECT" not in os.environ
+    plan = plan_for("tracking=none")
+    tracking.configure(plan.tracking, tmp_path)
+    assert plan.tracking.report_to == ("none",) and "WANDB_PROJECT" not in os.environ
+    assert plan.training_args["report_to"] == ["none"]
 
 
-def test_wandb_groups_stages_of_one_experiment(compose_cfg, monkeypatch, tmp_path):
+def test_wandb_groups_stages_of_one_experiment(plan_for, monkeypatch, tmp_path):
     for key in (
         "WANDB_PROJECT",
         "WANDB_RUN_GROUP",
@@ -34,18 +35,18 @@ def test_wandb_groups_stages_of_one_experiment(compose_cfg, monkeypatch, tmp_pat
         "WANDB_RESUME",
     ):
         monkeypatch.delenv(key, raising=False)
-    cfg = compose_cfg("tracking=wandb", "experiment=demo", "stage=dpo", "tracking.mode=offline")
-    tracking.configure(cfg, tmp_path)
-    assert tracking.report_to(cfg) == ["wandb"]
+    plan = plan_for("tracking=wandb", "experiment=demo", "stage=dpo", "tracking.mode=offline")
+    tracking.configure(plan.tracking, tmp_path)
+    assert plan.training_args["report_to"] == ["wandb"]
     assert os.environ["WANDB_PROJECT"] == "trlm" and os.environ["WANDB_RUN_GROUP"] == "demo"
     assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_JOB_TYPE"] == "dpo"
-    assert os.environ["WANDB_TAGS"].split(",")[:3] == ["dpo", cfg.data.name, "cpu"]
+    assert os.environ["WANDB_TAGS"].split(",")[:3] == ["dpo", plan.data.name, "cpu"]
     assert "WANDB_ENTITY" not in os.environ and os.environ["WANDB_DIR"] == str(tmp_path)
     run_id = os.environ["WANDB_RUN_ID"]
-    tracking.configure(cfg, tmp_path)  # a resume of the same run directory: the same W&B run
+    tracking.configure(plan.tracking, tmp_path)  # a resume of the same run directory: the same W&B run
     assert os.environ["WANDB_RUN_ID"] == run_id and os.environ["WANDB_RESUME"] == "allow"
     (tmp_path / "other").mkdir()
-    tracking.configure(cfg, tmp_path / "other")
+    tracking.configure(plan.tracking, tmp_path / "other")
     assert os.environ["WANDB_RUN_ID"] != run_id
 
 
@@ -54,7 +55,7 @@ def test_wandb_groups_stages_of_one_experiment(compose_cfg, monkeypatch, tmp_pat
     ("offline", "online", False, "online"), (None, "disabled", True, "disabled"),
 ])  # fmt: skip
 def test_the_users_wandb_mode_is_respected_unless_the_config_says_otherwise(
-    compose_cfg, monkeypatch, tmp_path, env, setting, key, expected
+    monkeypatch, tmp_path, env, setting, key, expected
 ):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
@@ -65,28 +66,27 @@ def test_the_users_wandb_mode_is_respected_unless_the_config_says_otherwise(
         monkeypatch.delenv("WANDB_API_KEY", raising=False)
     if env:
         monkeypatch.setenv("WANDB_MODE", env)
-    overrides = ["tracking=wandb"] + ([f"tracking.mode={setting}"] if setting else [])
-    assert tracking.mode(compose_cfg(*overrides)) == expected
+    assert tracking.mode(setting) == expected
 
 
-def test_online_without_a_reachable_server_fails_fast(compose_cfg, monkeypatch):
+def test_online_without_a_reachable_server_fails_fast(plan_for, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", DUMMY_KEY)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
     started = time.monotonic()
-    with pytest.raises(TrlmError, match=r"W&B server http://127.0.0.1:9 is unreachable: set tracking.mode=offline"):
-        tracking.check(compose_cfg("tracking=wandb"))
+    with pytest.raises(TrlmError, match=r"W&B server http://127.0.0.1:9 is unreachable; set tracking.mode=offline"):
+        plan_for("tracking=wandb")  # refused when the stage is planned, before anything runs
     assert time.monotonic() - started < 5
 
 
-def test_online_without_a_key_says_so(compose_cfg, monkeypatch, tmp_path):
+def test_online_without_a_key_says_so(plan_for, monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(TrlmError, match="no W&B API key"):
-        tracking.check(compose_cfg("tracking=wandb", "tracking.mode=online"))
-    tracking.check(compose_cfg("tracking=wandb"))  # mode unset: offline, nothing to refuse
+        plan_for("tracking=wandb", "tracking.mode=online")
+    assert plan_for("tracking=wandb").tracking.mode == "offline"  # mode unset: offline, nothing to refuse
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ matplotlib.use("Agg")  # files only: no display needed, none used
 import matplotlib.pyplot as plt
 
 if TYPE_CHECKING:
-    from trlm.compare import Run
+    from trlm.runs import Run
 
 log = logging.getLogger(__name__)
 SMOOTHING = 0.6  # TensorBoard's default EMA weight

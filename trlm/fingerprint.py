@@ -4,7 +4,8 @@ A run directory is continued (resumed, or re-read when finished) only by a comma
 fingerprint. The parts are what change the weights — the optimisation recipe, the effective
 global batch (per-device batch x accumulation x ranks), the rows trained on, the model and the
 start point — and nothing else: a different objective, evaluation setting, logging or save
-cadence, or per-device split of the same global batch continues the same run.
+cadence, or per-device split of the same global batch continues the same run. The plan decides
+the parts the data does not (`base_parts`); the prepared blend adds its own (`with_data`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import hashlib
 import json
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+
+from trlm.config import HardwareConfig, ModelConfig, RecipeConfig, StageConfig
 
 # Recipe fields that do not change the weights (or enter through the global batch).
 NOT_WEIGHTS = ("save_steps", "logging_steps", "per_device_eval_batch_size", "gradient_checkpointing",
@@ -26,22 +29,34 @@ def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def global_batch(cfg: DictConfig) -> int:
-    recipe, hardware = cfg.stage.recipe, cfg.hardware
+def plain(record: Any) -> dict[str, Any]:
+    """A config dataclass as JSON-ready data (enums as their values), as the recorded fingerprints hash it."""
+    return OmegaConf.to_container(OmegaConf.structured(record), resolve=True, enum_to_str=True)
+
+
+def global_batch(recipe: RecipeConfig, hardware: HardwareConfig) -> int:
     ranks = hardware.devices_per_node * hardware.num_nodes
     return recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps * ranks
 
 
-def fingerprint_parts(cfg: DictConfig, start: dict[str, Any], data: dict[str, Any]) -> dict[str, str]:
-    stage = OmegaConf.to_container(cfg.stage, resolve=True, enum_to_str=True)
-    recipe = {k: v for k, v in stage["recipe"].items() if k not in NOT_WEIGHTS}
+def base_parts(stage: StageConfig, model: ModelConfig, hardware: HardwareConfig, start: Any) -> dict[str, str]:
+    """The parts decided before any data is read: recipe, global batch, model, start point."""
+    spec = plain(stage)
+    recipe = {k: v for k, v in spec["recipe"].items() if k not in NOT_WEIGHTS}
     return {
-        "recipe": digest({"recipe": recipe, **{k: stage[k] for k in STAGE_KEYS}}),
-        "global_batch": str(global_batch(cfg)),
+        "recipe": digest({"recipe": recipe, **{k: spec[k] for k in STAGE_KEYS}}),
+        "global_batch": str(global_batch(stage.recipe, hardware)),
+        "model": digest(plain(model)),
+        "start": digest(start.record()),
+    }
+
+
+def with_data(parts: dict[str, str], data: dict[str, Any]) -> dict[str, str]:
+    """All the parts: the plan's, and those of the rows trained on."""
+    return {
+        **parts,
         "data": data["sha256"],
         "data_use": digest({k: data[k] for k in ("eval_sha256", "rows", "too_long")}),
-        "model": digest(OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True)),
-        "start": digest(start),
     }
 
 

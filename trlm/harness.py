@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trlm.errors import TrlmError
+from trlm.errors import Problem, Problems, TrlmError
 from trlm.fsutil import atomic_write_text
 from trlm.hub import hub_reachable
 from trlm.paths import project_path
@@ -59,11 +59,13 @@ def task_manager():
     return TaskManager(include_path=str(LOCAL_TASKS))
 
 
-def check_tasks(tasks: list[str], manager) -> None:
+def unknown_tasks(tasks: list[str], manager) -> list[Problem]:
     unknown = [task for task in tasks if task not in manager.all_tasks]
-    if unknown:
-        raise TrlmError(f"unknown lm-eval task(s): {', '.join(unknown)} (trlm's own: trlm_demo; the reference's: "
-                        f"{','.join(REFERENCE_TASKS)}; every name: `lm_eval ls tasks`)")  # fmt: skip
+    if not unknown:
+        return []
+    return [Problem("stage.evaluation.lm_eval.tasks", f"names unknown lm-eval task(s): {', '.join(unknown)}",
+                    hint=f"trlm's own: trlm_demo; the reference's: {','.join(REFERENCE_TASKS)}; every name: "
+                    "`lm_eval ls tasks`")]  # fmt: skip
 
 
 def harness_model(model_dir: Path, batch_size: int, device: str | None):
@@ -115,7 +117,9 @@ def run_lm_eval(
     from lm_eval import simple_evaluate
 
     manager = task_manager()
-    check_tasks(tasks, manager)
+    found = unknown_tasks(tasks, manager)
+    if found:
+        raise Problems(found)
     with hub_data_needed(tasks):
         if offline:  # their datasets now (cached, or one line), before the model loads
             manager.load(hub_tasks)

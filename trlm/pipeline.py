@@ -6,7 +6,9 @@ through submitit as one job each, chained with `afterok` dependencies and `kill_
 a failed stage cancels the ones after it. (Hydra's launcher blocks until its jobs end, so it
 cannot chain: the pipeline submits through submitit directly, with the preset's settings.) Each
 stage starts from the previous stage's final checkpoint (lineage); finished stages are skipped,
-so re-running the pipeline picks up where it stopped.
+so re-running the pipeline picks up where it stopped. Every stage is planned before the first one
+runs (`trlm/stage_plan.py`), so a mistake in the last stage's config stops the pipeline before any
+training; the user's config folders (`--config-dir`) go to every stage.
 """
 
 from __future__ import annotations
@@ -15,27 +17,21 @@ import os
 import shlex
 import subprocess
 import sys
+from typing import Any
 
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
-
-from trlm import layout
-from trlm.errors import TrlmError
-from trlm.paths import CONF_DIR, PROJECT_ROOT
-
-SLURM_LAUNCHER = "submitit_slurm"
+from trlm.compose import compose, group_options, split_command
+from trlm.errors import Problem, Problems, TrlmError, report
+from trlm.paths import PROJECT_ROOT
+from trlm.stage_plan import StagePlan, plan_stage
 
 
-def compose_stage(overrides: list[str], stage: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=[*overrides, f"stage={stage}"], return_hydra_config=True)
+def stage_args(args: list[str], stage: str) -> list[str]:
+    return [*args, f"stage={stage}"]
 
 
-def stage_order(overrides: list[str]) -> list[str]:
-    """The stages of conf/stage in lineage order: the one without `previous` first, then its successors."""
-    previous = {
-        path.stem: compose_stage(overrides, path.stem).stage.previous for path in (CONF_DIR / "stage").glob("*.yaml")
-    }
+def stage_order(args: list[str]) -> list[str]:
+    """The stages on the search path in lineage order: the one without `previous` first, then its successors."""
+    previous = {name: compose(stage_args(args, name)).stage.previous for name in group_options("stage", args)}
     order = [name for name, before in previous.items() if before is None]
     while len(order) < len(previous):
         following = [name for name, before in previous.items() if before == order[-1]]
@@ -45,52 +41,67 @@ def stage_order(overrides: list[str]) -> list[str]:
     return order
 
 
-def stage_command(stage: str, overrides: list[str]) -> list[str]:
-    stage_overrides = [o for o in overrides if not o.startswith("launcher=")]
-    return [sys.executable, str(PROJECT_ROOT / "train.py"), f"stage={stage}", *stage_overrides]
+def pipeline_plans(args: list[str]) -> list[StagePlan]:
+    """Every stage's plan, in lineage order (a stage after one not run yet: planned as it will start)."""
+    check_pipeline_overrides(args)
+    plans, found = [], []
+    for stage in stage_order(args):
+        try:
+            plans.append(plan_stage(compose(stage_args(args, stage), hydra_section=True), lineage_pending=True))
+        except Problems as problems:
+            found += [Problem(p.key, f"{p.rule} (stage {stage})", p.value, p.hint) for p in problems.problems]
+    if found:
+        raise Problems(found)
+    return plans
 
 
-def run_locally(stages: list[str], overrides: list[str]) -> int:
-    for stage in stages:
-        command = stage_command(stage, overrides)
+def stage_command(stage: str, args: list[str]) -> list[str]:
+    command = split_command(args)
+    overrides = [o for o in command.overrides if not o.startswith("launcher=")]
+    return [sys.executable, str(PROJECT_ROOT / "train.py"), *command.flags, f"stage={stage}", *overrides]
+
+
+def run_locally(plans: list[StagePlan], args: list[str]) -> int:
+    for plan in plans:
+        command = stage_command(plan.stage.name, args)
         print(f"pipeline: {shlex.join(['python', 'train.py', *command[2:]])}", flush=True)
         if subprocess.run(command).returncode != 0:
-            print(f"trlm: error: stage {stage} failed; the stages after it were not run", file=sys.stderr)
-            return 2
+            return report(TrlmError(f"stage {plan.stage.name} failed; the stages after it were not run"))
     return 0
 
 
-def slurm_parameters(cfg: DictConfig) -> dict:
+def slurm_parameters(plan: StagePlan) -> dict[str, Any]:
     """The launcher preset's settings in submitit's AutoExecutor names (as hydra-submitit-launcher maps them)."""
-    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    launcher = plan.launch.options
     common = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name",
               "stderr_to_stdout"}  # fmt: skip
     skip = {"_target_", "submitit_folder", "max_num_timeout", "array_parallelism"}
     params = {(key if key in common else f"slurm_{key}"): value for key, value in launcher.items() if key not in skip}
-    params["name"] = f"trlm-{cfg.run.name}-{cfg.stage.name}"
+    params["name"] = f"trlm-{plan.run.name}-{plan.stage.name}"
     return {key: value for key, value in params.items() if value is not None}
 
 
-def submit_to_slurm(stages: list[str], overrides: list[str]) -> int:
+def submit_to_slurm(plans: list[StagePlan], args: list[str]) -> int:
     import submitit
 
-    first = compose_stage(overrides, stages[0])
-    folder = layout.output_root(first.paths.output_root) / first.run.name / "pipeline" / ".submitit"
+    from trlm.run_dir import is_finished
+
+    folder = plans[0].output_root / plans[0].run.name / "pipeline" / ".submitit"
     previous_job: str | None = None
     submitted = []
-    for stage in stages:
-        cfg = compose_stage(overrides, stage)
-        if stage_finished(cfg):
+    for plan in plans:
+        stage = plan.stage.name
+        if is_finished(plan.run_dir):
             print(f"pipeline: {stage} already finished, skipped")
             continue
         executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm")
-        params = slurm_parameters(cfg)
+        params = slurm_parameters(plan)
         extra = dict(params.pop("slurm_additional_parameters", {}) or {})
         if previous_job:
             extra.update(dependency=f"afterok:{previous_job}", kill_on_invalid_dep="yes")
         executor.update_parameters(**params, slurm_additional_parameters=extra)
         try:
-            job = executor.submit(submitit.helpers.CommandFunction(stage_command(stage, overrides), cwd=os.getcwd()))
+            job = executor.submit(submitit.helpers.CommandFunction(stage_command(stage, args), cwd=os.getcwd()))
         except submitit.core.utils.FailedJobError as error:  # sbatch refused: say what Slurm said
             raise TrlmError(f"Slurm refused the {stage} job: {str(error).strip().splitlines()[-1]}") from None
         submitted.append((stage, job.job_id))
@@ -105,26 +116,16 @@ def submit_to_slurm(stages: list[str], overrides: list[str]) -> int:
     return 0
 
 
-def stage_finished(cfg: DictConfig) -> bool:
-    from trlm.run_dir import is_finished  # transformers: only where the Slurm path needs it
-
-    return is_finished(layout.run_dir(cfg.paths.output_root, cfg.run.name, cfg.stage.name))
-
-
-def check_pipeline_overrides(overrides: list[str]) -> None:
-    chosen = [o for o in overrides if o.startswith("stage=")]
+def check_pipeline_overrides(args: list[str]) -> None:
+    chosen = [o for o in args if o.startswith("stage=")]
     if chosen:  # the pipeline runs every stage: one chosen here would be silently ignored
         raise TrlmError(f"trlm pipeline runs every stage in order, so {chosen[0]} does not apply; "
                         "one stage alone: trlm train stage=<name> ...")  # fmt: skip
 
 
-def run_pipeline(overrides: list[str]) -> int:
-    from trlm.layout import register_resolvers
-
-    register_resolvers()
-    check_pipeline_overrides(overrides)
-    stages = stage_order(overrides)
-    cfg = compose_stage(overrides, stages[0])
-    if cfg.hydra.runtime.choices.get("hydra/launcher") == SLURM_LAUNCHER:
-        return submit_to_slurm(stages, overrides)
-    return run_locally(stages, overrides)
+def pipeline_command(args: list[str]) -> int:
+    """`trlm pipeline [--config-dir DIR] [key=value ...]`: plans every stage, then runs or submits them in order."""
+    plans = pipeline_plans(args)
+    if plans[0].launch.slurm:
+        return submit_to_slurm(plans, args)
+    return run_locally(plans, args)

@@ -1,10 +1,13 @@
 """`trlm plan [overrides]`: what a command would launch, before it launches anything.
 
-Takes the overrides of `python train.py -m ...` and prints the stage, blend, hardware and launcher
-it composes to, how many jobs a sweep makes and what each asks of the cluster, and for a Slurm
-launcher the exact sbatch script submitit would submit for one job; then the stage's rows, tokens and
-steps on its prepared blend and the time they take at the throughput `docs/bench` recorded (a
-sweep: all its trials). `trlm plan pipeline [overrides]`: the same for each stage of `trlm pipeline`.
+Takes the overrides of `python train.py -m ...`, plans the stage as training would
+(`trlm/stage_plan.py`: the same checks, the same decisions) and prints it: the stage, blend,
+hardware and launcher, how many jobs a sweep makes and what each asks of the cluster, for a Slurm
+launcher the exact sbatch script submitit would submit for one job, the TRL arguments the run will
+receive; then the stage's rows, tokens and steps on its prepared blend and the time they take at
+the throughput `docs/bench` recorded (a sweep: all its trials). `trlm plan pipeline [overrides]`:
+the same for each stage of `trlm pipeline`. Light: tokens are counted with the `tokenizers` library
+and trlm's own chat template, without transformers or torch, and nothing is built.
 """
 
 from __future__ import annotations
@@ -13,64 +16,62 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
-
-from trlm.config import register_configs
+from trlm.chat_template import THINK_TOKENS, chatml_template
+from trlm.compose import compose
+from trlm.config import DataKind
 from trlm.errors import TrlmError
-from trlm.layout import register_resolvers
-from trlm.paths import CONF_DIR, project_path
+from trlm.paths import project_path
+from trlm.stage_plan import StagePlan, plan_stage
 
 GPUS_PER_MI300X_NODE = 8
 
 
-def compose_multirun(overrides: list[str]) -> DictConfig:
-    """The config `python train.py -m <overrides>` composes, Hydra's own section included."""
-    args = [arg for arg in overrides if arg not in ("-m", "--multirun")]
-    register_configs()
-    register_resolvers()
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=args, return_hydra_config=True)
-    except Exception as error:  # Hydra's composition errors name the key
-        raise TrlmError(f"the command does not compose: {error}") from None
-    HydraConfig.instance().set_config(cfg)  # ${hydra:...} in the launcher resolves as in a job
-    if is_sweep(cfg):
-        from hydra_plugins.trlm_optuna.sweeper import check_settings
-
-        check_settings(cfg.hydra.sweeper)
-    return cfg
+def plan_for(args: list[str] | tuple[str, ...], lineage_pending: bool = True) -> StagePlan:
+    """The plan of `python train.py [-m] ARGS`, composed with Hydra's section as the command would be.
+    `lineage_pending`: a previous stage not trained yet is taken as one that will have been."""
+    return plan_stage(compose(args, hydra_section=True), lineage_pending=lineage_pending)
 
 
-def describe(cfg: DictConfig) -> list[str]:
-    choices = cfg.hydra.runtime.choices
-    launcher = choices.get("hydra/launcher")
-    hardware = cfg.hardware
+def is_sweep(plan: StagePlan) -> bool:
+    return plan.launch is not None and plan.launch.sweep is not None
+
+
+def describe_launch(plan: StagePlan) -> list[str]:
+    hardware, launch = plan.hardware, plan.launch
     lines = [
-        f"stage {cfg.stage.name} of run {cfg.run.name}: data {cfg.data.name}, model {cfg.model.name}",
+        f"stage {plan.stage.name} of run {plan.run.name}: data {plan.data.name}, model {plan.model.name}",
         f"hardware {hardware.name}: {hardware.num_nodes} node(s) x {hardware.devices_per_node} device(s), "
-        f"{getattr(hardware.precision, 'name', hardware.precision)}",
+        f"{hardware.precision.value}",
     ]
-    sweeper = cfg.hydra.sweeper
-    if is_sweep(cfg):
-        jobs, at_once = sweeper.n_trials, min(sweeper.n_jobs, sweeper.n_trials)
-        lines.append(f"sweep {cfg.run.sweep}: {jobs} trial jobs, {at_once} at once")
+    if not plan.start_ready:
+        lines.append(f"starts from {plan.start.source} (stage {plan.start.stage}, not trained yet)")
+    if is_sweep(plan):
+        sweep = launch.sweep
+        jobs, at_once = sweep["n_trials"], min(sweep["n_jobs"], sweep["n_trials"])
+        lines.append(f"sweep {plan.run.sweep}: {jobs} trial jobs, {at_once} at once")
     else:
-        jobs = at_once = 1
+        at_once = 1
         lines.append("one job (a basic-sweeper -m with list overrides makes one per combination)")
-    if launcher == "submitit_slurm":
-        gpus = hardware.num_nodes * hardware.devices_per_node
+    if launch.slurm:
+        gpus = plan.ranks
         nodes = max(hardware.num_nodes, math.ceil(at_once * gpus / GPUS_PER_MI300X_NODE))
         lines.append(
-            f"Slurm, partition {cfg.hydra.launcher.partition}: each job {hardware.num_nodes} node(s) x "
-            f"{cfg.hydra.launcher.tasks_per_node} task(s), {gpus} GPU(s); at most {at_once * gpus} GPUs on "
+            f"Slurm, partition {launch.options.get('partition')}: each job {hardware.num_nodes} node(s) x "
+            f"{launch.options.get('tasks_per_node')} task(s), {gpus} GPU(s); at most {at_once * gpus} GPUs on "
             f"{nodes} node(s) of {GPUS_PER_MI300X_NODE} at once"
         )
     else:
-        lines.append(f"launcher {launcher}: jobs run on this machine")
+        lines.append(f"launcher {launch.launcher}: jobs run on this machine")
     return lines
+
+
+def describe_arguments(plan: StagePlan) -> list[str]:
+    """The TRL arguments the run will receive (what `trlm plan` prints is what training does)."""
+    shown = {k: v for k, v in plan.training_args.items() if k not in ("output_dir", "run_name")}
+    text = ", ".join(f"{key}={value!r}" for key, value in sorted(shown.items()))
+    return [f"TRL arguments ({plan.trainer.config_class}): {text}"]
 
 
 @dataclass
@@ -91,36 +92,88 @@ class Estimate:
         return self.seconds * self.ranks / 3600
 
 
-def base_tokenizer(cfg: DictConfig):
-    """The stage's tokenizer from the base model (stage 2 adds its think tokens as training would)."""
+def base_tokenizer(plan: StagePlan) -> Any:
+    """The stage's tokenizer (a `tokenizers.Tokenizer`) from the base model, with stage 2's think tokens as
+    training adds them: the tiny demo model's (built, or trained here in memory), or a model directory's."""
+    from tokenizers import Tokenizer
+
     from trlm.lineage import StartPoint
-    from trlm.modeling import load_tokenizer
-    from trlm.run import start_model_dir
+    from trlm.model_source import pretrained_dir, tiny_model_path
 
-    source = f"tiny:{cfg.model.name}" if cfg.model.tiny is not None else cfg.model.path
-    return load_tokenizer(start_model_dir(cfg, StartPoint("base", source)), cfg.stage)
+    tiny = plan.model.tiny
+    if tiny is not None:
+        built = tiny_model_path(tiny, plan.cache_dir) / "tokenizer.json"
+        if built.exists():
+            tokenizer = Tokenizer.from_file(str(built))
+        else:
+            from trlm.demo.tokenizer import train_demo_bpe
+
+            tokenizer = train_demo_bpe(tiny.vocab_size, list(tiny.tokenizer_texts))
+    else:
+        source = pretrained_dir(plan.model, StartPoint("base", plan.model.path))
+        tokenizer = Tokenizer.from_file(str(Path(source) / "tokenizer.json"))
+    if plan.stage.think_tokens:
+        tokenizer.add_special_tokens([token for token in THINK_TOKENS if tokenizer.token_to_id(token) is None])
+    return tokenizer
 
 
-def workload(cfg: DictConfig) -> Workload | None:
-    """Rows, tokens and steps of a stage on its prepared blend; None when the blend is not prepared."""
-    from trlm.data.blend import load_prepared, token_lengths
+def render(conversations: list[list[dict[str, str]]], system_prompt: str) -> list[str]:
+    """Conversations as the stage's chat template renders them (transformers' own Jinja settings)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(
+        chatml_template(system_prompt, generation_markers=False)
+    )
+    return [template.render(messages=messages, add_generation_prompt=False) for messages in conversations]
+
+
+def token_counts(rows: list[dict[str, Any]], kind: DataKind, tokenizer: Any, system_prompt: str, cap: int) -> list[int]:
+    """Each row's tokens as the stage renders it, capped at `cap`; a pair: both sides, each capped."""
+
+    def counted(conversations: list[list[dict[str, str]]]) -> list[int]:
+        encoded = tokenizer.encode_batch(render(conversations, system_prompt), add_special_tokens=False)
+        return [min(len(e.ids), cap) for e in encoded]
+
+    if kind == DataKind.conversation:
+        return counted([row["messages"] for row in rows])
+    sides = [counted([row["prompt"] + row[side] for row in rows]) for side in ("chosen", "rejected")]
+    return [chosen + rejected for chosen, rejected in zip(*sides, strict=True)]
+
+
+def prepared_rows(plan: StagePlan) -> list[dict[str, Any]] | None:
+    """The prepared blend's training rows (held-out ones left out, as training does), or None."""
     from trlm.data.prepare import prepared_blend
-    from trlm.fingerprint import global_batch
 
-    prepared = prepared_blend(cfg.data, project_path(cfg.paths.blends_dir))
+    prepared = prepared_blend(plan.data, plan.blends_dir)
     if prepared is None:
         return None
-    train = load_prepared(prepared)
-    if not cfg.data.eval_sources and cfg.data.eval_size:
-        train = train.select(range(len(train) - cfg.data.eval_size))  # as training holds them out
-    recipe, batch = cfg.stage.recipe, global_batch(cfg)
-    steps = recipe.max_steps if recipe.max_steps > 0 else math.ceil(len(train) / batch * recipe.num_train_epochs)
+    rows: list[dict[str, Any]] = []
+    for file in prepared.files:
+        if file.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows += pq.read_table(file).to_pylist()
+        else:
+            rows += [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not plan.data.eval_sources and plan.data.eval_size:
+        rows = rows[: len(rows) - plan.data.eval_size]
+    return rows
+
+
+def workload(plan: StagePlan) -> Workload | None:
+    """Rows, tokens and steps of a stage on its prepared blend; None when the blend is not prepared."""
+    rows = prepared_rows(plan)
+    if rows is None:
+        return None
+    recipe, batch = plan.stage.recipe, plan.global_batch
+    steps = recipe.max_steps if recipe.max_steps > 0 else math.ceil(len(rows) / batch * recipe.num_train_epochs)
     try:
-        lengths = token_lengths(train, cfg.data.kind, base_tokenizer(cfg), combine=sum, cap=recipe.max_length)
+        tokenizer = base_tokenizer(plan)
     except TrlmError:  # the base model is not here (the Hub): rows and steps still stand
-        return Workload(len(train), None, steps, None)
+        return Workload(len(rows), None, steps, None)
+    lengths = token_counts(rows, plan.data.kind, tokenizer, plan.stage.system_prompt, recipe.max_length)
     per_row = sum(lengths) / len(lengths)
-    return Workload(len(train), sum(lengths), steps, round(steps * batch * per_row))
+    return Workload(len(rows), sum(lengths), steps, round(steps * batch * per_row))
 
 
 @dataclass(frozen=True)
@@ -129,7 +182,7 @@ class Throughput:
     source: str  # what measured it
 
 
-def recorded_throughput(cfg: DictConfig, bench_dir: Path | None = None) -> Throughput | None:
+def recorded_throughput(plan: StagePlan, bench_dir: Path | None = None) -> Throughput | None:
     """What the benchmarks in docs/bench measured for this hardware and model, or None.
 
     `make bench-train` records CPU presets; on a GPU preset the SmolLM2 shape's figure comes from a
@@ -138,14 +191,14 @@ def recorded_throughput(cfg: DictConfig, bench_dir: Path | None = None) -> Throu
     its model's figure.
     """
     bench = bench_dir or project_path("docs/bench")
-    model, hardware = cfg.model.name, cfg.hardware
+    model, hardware = plan.model.name, plan.hardware
     train = bench / "train.json"
     if train.exists():
         for preset, value in json.loads(train.read_text()).get("throughput_tokens_per_s", {}).items():
             recorded_hardware, _, recorded_model = preset.partition("/")
             if recorded_hardware == hardware.name and model in (recorded_model, f"{recorded_model}_local"):
                 return Throughput(value, "bench-train")
-    if hardware.accelerator != "cuda" or not model.startswith("smollm2_135m"):
+    if hardware.accelerator.value != "cuda" or not model.startswith("smollm2_135m"):
         return None
     mode = "padding_free" if hardware.padding_free else "padded"
     for path in sorted(bench.glob("gpu-*.json")):
@@ -158,7 +211,7 @@ def recorded_throughput(cfg: DictConfig, bench_dir: Path | None = None) -> Throu
             if key.startswith(f"{mode}@") and isinstance(value, dict) and "effective_tokens_per_s" in value
         }
         if measured:
-            length = min(measured, key=lambda n: abs(n - cfg.stage.recipe.max_length))
+            length = min(measured, key=lambda n: abs(n - plan.stage.recipe.max_length))
             return Throughput(measured[length], f"gpu_check on {figures['card']}, {mode} rows up to {length}")
     return None
 
@@ -168,24 +221,22 @@ def recorded_throughput(cfg: DictConfig, bench_dir: Path | None = None) -> Throu
 REFERENCE_PASS = 4 / 3
 
 
-def describe_workload(cfg: DictConfig) -> tuple[list[str], Estimate | None]:
+def describe_workload(plan: StagePlan) -> tuple[list[str], Estimate | None]:
     """Lines on the stage's rows, tokens and steps, and its time from the recorded throughput (None: unknown)."""
-    work = workload(cfg)
+    work = workload(plan)
     if work is None:
-        choice = cfg.hydra.runtime.choices.get("data")
-        return [
-            f"blend {cfg.data.name} is not prepared yet (`trlm prepare data={choice}`): rows, tokens, time unknown"
-        ], None
+        return [f"blend {plan.data.name} is not prepared yet (`trlm prepare data={plan.data_choice}`): rows, "
+                "tokens, time unknown"], None  # fmt: skip
     tokens = "tokens unknown (the base model is not here)" if work.tokens is None else f"{work.tokens:,} tokens"
-    sides = " (chosen + rejected)" if cfg.data.kind == "preference" and work.tokens is not None else ""
+    sides = " (chosen + rejected)" if plan.data.kind == DataKind.preference and work.tokens is not None else ""
     lines = [f"{work.rows:,} training rows, {tokens}{sides}; {work.steps:,} optimizer steps"]
-    throughput, ranks = recorded_throughput(cfg), cfg.hardware.devices_per_node * cfg.hardware.num_nodes
+    throughput, ranks = recorded_throughput(plan), plan.ranks
     if work.trained_tokens is None or throughput is None:
-        lines.append(f"time: unknown (no benchmark figure for {cfg.hardware.name}/{cfg.model.name} in docs/bench)")
+        lines.append(f"time: unknown (no benchmark figure for {plan.hardware.name}/{plan.model.name} in docs/bench)")
         return lines, None
-    reference = REFERENCE_PASS if cfg.stage.trainer == "dpo" else 1.0
+    reference = REFERENCE_PASS if plan.stage.trainer.value == "dpo" else 1.0
     estimate = Estimate(work.trained_tokens * reference / (throughput.tokens_per_s * ranks), ranks)
-    hours = f", {estimate.device_hours:.2f} GPU-hours" if cfg.hardware.accelerator != "cpu" else ""
+    hours = f", {estimate.device_hours:.2f} GPU-hours" if plan.hardware.accelerator.value != "cpu" else ""
     extra = " + the reference forward" if reference != 1.0 else ""
     lines.append(f"time: ~{minutes(estimate.seconds)} of training on {ranks} device(s){hours} "
                  f"(at {throughput.tokens_per_s:,.0f} tokens/s per device, {throughput.source}{extra})")  # fmt: skip
@@ -196,55 +247,54 @@ def minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def describe_sweep(cfg: DictConfig, trial: Estimate) -> list[str]:
+def describe_sweep(plan: StagePlan, trial: Estimate) -> list[str]:
     """A sweep's wall time and device-hours: its trials in waves of n_jobs (at most: pruned trials stop early)."""
-    sweeper, gpu = cfg.hydra.sweeper, cfg.hardware.accelerator != "cpu"
+    sweep, gpu = plan.launch.sweep, plan.hardware.accelerator.value != "cpu"
+    n_trials, n_jobs = sweep["n_trials"], sweep["n_jobs"]
     # Trials at once on one CPU share its cores (each gets its share of the threads): no faster in all.
-    waves = math.ceil(sweeper.n_trials / min(sweeper.n_jobs, sweeper.n_trials)) if gpu else sweeper.n_trials
+    waves = math.ceil(n_trials / min(n_jobs, n_trials)) if gpu else n_trials
     unit = "GPU" if gpu else "device"
-    hours = sweeper.n_trials * trial.device_hours
-    return [f"sweep: {sweeper.n_trials} trials, ~{minutes(waves * trial.seconds)} wall, {hours:.2f} {unit}-hours "
+    hours = n_trials * trial.device_hours
+    return [f"sweep: {n_trials} trials, ~{minutes(waves * trial.seconds)} wall, {hours:.2f} {unit}-hours "
             "in all (at most: pruned trials stop early)"]  # fmt: skip
 
 
-def is_sweep(cfg: DictConfig) -> bool:
-    return cfg.hydra.runtime.choices.get("hydra/sweeper") == "trlm_optuna"
-
-
-def print_plan(overrides: list[str]) -> int:
-    if overrides[:1] == ["pipeline"]:
-        return print_pipeline_plan(overrides[1:])
-    cfg = compose_multirun(overrides)
-    lines, estimate = describe_workload(cfg)
-    if estimate is not None and is_sweep(cfg):
-        lines += describe_sweep(cfg, estimate)
-    print("\n".join([*describe(cfg), *lines]))
-    if cfg.hydra.runtime.choices.get("hydra/launcher") == "submitit_slurm":
+def plan_command(args: list[str]) -> int:
+    """`trlm plan [pipeline] [-m] [--config-dir DIR] key=value ...`."""
+    if args[:1] == ["pipeline"]:
+        return print_pipeline_plan(args[1:])
+    plan = plan_for(args)
+    lines, estimate = describe_workload(plan)
+    if estimate is not None and is_sweep(plan):
+        lines += describe_sweep(plan, estimate)
+    print("\n".join([*describe_launch(plan), *lines, *describe_arguments(plan)]))
+    if plan.launch.slurm:
         from hydra_plugins.trlm_submitit.launcher import sbatch_script
 
         print("\nsbatch script of one job (submitit writes it beside the job's logs):\n")
-        print(sbatch_script(OmegaConf.to_container(cfg.hydra.launcher, resolve=True)))
+        print(sbatch_script(plan.launch.options))
     return 0
 
 
-def print_pipeline_plan(overrides: list[str]) -> int:
+def print_pipeline_plan(args: list[str]) -> int:
     """`trlm plan pipeline [overrides]`: each stage `trlm pipeline` would run, in order, and the total."""
-    from trlm.pipeline import check_pipeline_overrides, stage_order
+    from trlm.pipeline import pipeline_plans
 
-    check_pipeline_overrides(overrides)
     estimates, unknown = [], []
-    for stage in stage_order(overrides):
-        cfg = compose_multirun([*overrides, f"stage={stage}"])
-        lines, estimate = describe_workload(cfg)
-        print("\n".join([f"== {stage}", *describe(cfg)[:2], *lines]))
+    plans = pipeline_plans(args)
+    for plan in plans:
+        lines, estimate = describe_workload(plan)
+        print("\n".join([f"== {plan.stage.name}", *describe_launch(plan)[:2], *lines]))
         if estimate is None:
-            unknown.append(stage)
+            unknown.append(plan.stage.name)
         else:
             estimates.append(estimate)
-    slurm = cfg.hydra.runtime.choices.get("hydra/launcher") == "submitit_slurm"
-    where = "one Slurm job a stage, chained afterok" if slurm else "one stage after the other on this machine"
+    last = plans[-1]
+    where = (
+        "one Slurm job a stage, chained afterok" if last.launch.slurm else "one stage after the other on this machine"
+    )
     seconds, hours = sum(e.seconds for e in estimates), sum(e.device_hours for e in estimates)
-    gpu_hours = f", {hours:.2f} GPU-hours" if cfg.hardware.accelerator != "cpu" else ""
+    gpu_hours = f", {hours:.2f} GPU-hours" if last.hardware.accelerator.value != "cpu" else ""
     missing = f" (and {', '.join(unknown)}: unknown)" if unknown else ""
     time = f"~{minutes(seconds)} of training{gpu_hours}{missing}" if estimates else "training time unknown"
     print(f"== pipeline: {where}; {time}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trlm.errors import TrlmError
+from trlm.paths import project_path
 from trlm.records import Summary
 from trlm.run_dir import SUMMARY
 
@@ -26,7 +28,7 @@ LEGEND = (
 )
 
 
-def find_runs(root: Path) -> list[tuple[str, Summary]]:
+def finished_runs(root: Path) -> list[tuple[str, Summary]]:
     """(name relative to `root`, summary) of each finished run below it, in pipeline order."""
     found = []
     for path in root.rglob(SUMMARY):
@@ -55,8 +57,18 @@ def format_table(rows: list[tuple[str, Summary]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
+def results_command(args: list[str]) -> int:
+    """`trlm results DIR`."""
+    if len(args) != 1:
+        raise TrlmError("usage: trlm results DIR")
+    folder = project_path(args[0])
+    if not folder.is_dir():
+        raise TrlmError(f"{args[0]} does not exist (or is not a folder)")
+    return print_results(folder)
+
+
 def print_results(root: Path) -> int:
-    rows = find_runs(root)
+    rows = finished_runs(root)
     if not rows:
         print(f"no finished run under {root} (a finished run has {SUMMARY})")
         return 1

@@ -11,8 +11,9 @@
       summary.json       final figures; written last, so its presence means "finished"
       .lock              while a process works on the run: its host and pid
 
-Files are written by rank 0 only, each atomically (temporary name, then rename), and only by a
-command that does work on the run: a refused command leaves the directory as it found it.
+The Trainer callbacks that write some of these files are in trlm/callbacks.py. Files are written by
+rank 0 only, each atomically (temporary name, then rename), and only by a command that does work
+on the run: a refused command leaves the directory as it found it.
 """
 
 from __future__ import annotations
@@ -21,22 +22,18 @@ import json
 import logging
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from trlm.distributed import is_main_process
 from trlm.fsutil import atomic_write_text
 from trlm.paths import PROJECT_ROOT
-from trlm.records import Summary, read_jsonl
+from trlm.records import Summary
 
 SUMMARY, RUN_RECORD, METRICS, FINAL = "summary.json", "run.json", "metrics.jsonl", "final"
 CHECKPOINTS, LOCK, LOG_FILE = "checkpoints", ".lock", "train.log"
 COMPLETE_MARKER = "trlm_complete"  # written into a checkpoint once TRL has saved all of it
+CHECKPOINT_PREFIX = "checkpoint"  # transformers' PREFIX_CHECKPOINT_DIR: checkpoint-<step>
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +70,7 @@ def latest_complete_checkpoint(checkpoints: Path, clean: bool = True) -> Path | 
     and with `clean` removed, so that TRL neither resumes from nor rotates around them."""
     if not checkpoints.is_dir():
         return None
-    found = sorted(checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=checkpoint_step, reverse=True)
+    found = sorted(checkpoints.glob(f"{CHECKPOINT_PREFIX}-*"), key=checkpoint_step, reverse=True)
     for path in found:
         if is_complete_checkpoint(path):
             return path
@@ -96,36 +93,11 @@ def git_state() -> dict[str, Any]:
     return {"sha": sha, "dirty": bool(git("status", "--porcelain")) if sha else None}
 
 
-def save_command_records(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
+def save_command_records(run_dir: Path, config_yaml: str, overrides: tuple[str, ...] | list[str]) -> None:
     """`.hydra/config.yaml` and `overrides.yaml`, as Hydra writes them, by the command doing the work."""
+    from omegaconf import OmegaConf
+
     hydra_dir = run_dir / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(hydra_dir / "config.yaml", config_yaml)
     atomic_write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
-
-
-@dataclass
-class MetricsLog(TrainerCallback):
-    """Appends every `Trainer.log` call as one JSON line (rank 0); a resume drops lines past its checkpoint."""
-
-    path: Path
-
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if state.is_world_process_zero and self.path.exists():  # a line cut short by a crash is dropped too
-            kept = [row for row in read_jsonl(self.path) if row.get("step", 0) <= state.global_step]
-            atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
-
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs: Any):
-        if state.is_world_process_zero and logs:
-            with self.path.open("a") as handle:
-                handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
-
-
-class CheckpointMarker(TrainerCallback):
-    """Marks a checkpoint complete once TRL has written all of it (`on_save` runs after the save)."""
-
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if state.is_world_process_zero:
-            path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            if path.is_dir():
-                (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}) + "\n")

@@ -129,6 +129,43 @@ def build_pruner(config: dict[str, Any] | None) -> optuna.pruners.BasePruner:
     return instantiate(OmegaConf.create(dict(config)))
 
 
+@dataclass(frozen=True)
+class TrialLink:
+    """This run is trial `number` of an Optuna study: it reports its objective there as it trains."""
+
+    storage: str  # journal file or RDB URL
+    study: str
+    number: int
+    pruner: dict[str, Any]  # Optuna does not store the pruner with the study: the job rebuilds it
+    report_every: float  # evaluate and report every N steps (< 1: that share of the run)
+    metric: str
+
+
+def trial_id(storage: Any, study: str, number: int) -> int:
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study), number)
+
+
+class TrialChannel:
+    """A training job's side of its trial, through Optuna's public storage and pruner APIs: report an
+    intermediate value (once per step: a resumed job does not report a step twice), ask the pruner."""
+
+    def __init__(self, link: TrialLink) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.storage = open_storage(link.storage, None, parallel=True)
+        self.study = optuna.load_study(study_name=link.study, storage=self.storage, pruner=build_pruner(link.pruner))
+        self.trial_id = trial_id(self.storage, link.study, link.number)
+
+    def report(self, step: int, value: float) -> bool:
+        """Records `value` at `step` (unless that step is recorded already); whether to prune now."""
+        trial = self.storage.get_trial(self.trial_id)
+        if step not in trial.intermediate_values:
+            self.storage.set_trial_intermediate_value(self.trial_id, step, value)
+            trial = self.storage.get_trial(self.trial_id)
+        return self.study.pruner.prune(self.study, trial)
+
+
 def finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
@@ -186,6 +223,15 @@ def format_study(study: optuna.Study) -> str:
     top = best(study)
     summary = f"best: trial {top.number}, value {top.value:.4g}, {dict(top.params)}" if top else "best: none yet"
     return f"study {study.study_name} ({direction}, {len(rows)} trials)\n{text}\n{summary}"
+
+
+def sweep_command(args: list[str]) -> int:
+    """`trlm sweep DIR`."""
+    from trlm.paths import project_path
+
+    if len(args) != 1:
+        raise TrlmError("usage: trlm sweep DIR")
+    return print_study(project_path(args[0]))
 
 
 def print_study(sweep_dir: Path) -> int:

@@ -5,7 +5,7 @@ stage, tags = stage, blend, hardware, git and data hashes. trlm adds its resolve
 to the run's config, its final figures to the summary (`final/...`), the sampled generations as a
 table. The user's environment wins where it speaks: `tracking.mode` unset means `WANDB_MODE` if set,
 else online with an API key and offline without one (`wandb sync` the run directory later). Online
-mode is checked before anything heavy starts (a key, a reachable server), so a machine without
+mode is checked when the stage is planned (a key, a reachable server), so a machine without
 network fails in seconds with what to do, rather than after W&B's retries. No key is ever written:
 W&B reads it from its own environment or netrc.
 """
@@ -19,14 +19,13 @@ import secrets
 import socket
 import string
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from omegaconf import DictConfig, OmegaConf
-
-from trlm.distributed import is_main_process
-from trlm.errors import TrlmError
+from trlm.config import RunConfig, TrackingConfig
+from trlm.errors import Problem
 from trlm.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -34,20 +33,44 @@ DEFAULT_SERVER = "https://api.wandb.ai"
 RUN_ID = "wandb-run-id"
 
 
-def enabled(cfg: DictConfig) -> bool:
-    return "wandb" in cfg.tracking.report_to
+@dataclass(frozen=True)
+class TrackingSpec:
+    """Where a run's metrics go besides its directory, decided when the stage is planned."""
+
+    report_to: tuple[str, ...]  # TRL's report_to
+    project: str
+    entity: str | None
+    mode: str  # online | offline | disabled | shared
+    mode_chosen: bool  # by the config or $WANDB_MODE (else: offline for want of an API key)
+    group: str
+    job_type: str
+    tags: tuple[str, ...]  # besides the git and data hashes, added when they are known
+
+    @property
+    def enabled(self) -> bool:
+        return "wandb" in self.report_to
 
 
-def report_to(cfg: DictConfig) -> list[str]:
-    trackers = [t for t in cfg.tracking.report_to if t != "none"]
-    return trackers or ["none"]
-
-
-def mode(cfg: DictConfig) -> str:
+def mode(setting: str | None) -> str:
     """The config's mode, else $WANDB_MODE, else online with an API key and offline without one."""
-    if cfg.tracking.mode or os.environ.get("WANDB_MODE"):
-        return cfg.tracking.mode or os.environ["WANDB_MODE"]
+    if setting or os.environ.get("WANDB_MODE"):
+        return setting or os.environ["WANDB_MODE"]
     return "online" if has_api_key(os.environ.get("WANDB_BASE_URL", DEFAULT_SERVER)) else "offline"
+
+
+def tracking_spec(tracking: TrackingConfig, run: RunConfig, stage: str, data: str, hardware: str) -> TrackingSpec:
+    trackers = tuple(t for t in tracking.report_to if t != "none") or ("none",)
+    return TrackingSpec(
+        report_to=trackers,
+        project=tracking.project,
+        entity=tracking.entity,
+        mode=mode(tracking.mode),
+        mode_chosen=bool(tracking.mode or os.environ.get("WANDB_MODE")),
+        # The stages of one experiment side by side; a sweep's trials grouped by their study.
+        group=f"{run.name}/{run.sweep}" if run.trial is not None else run.name,
+        job_type=stage,
+        tags=(stage, data, hardware, *tracking.tags),
+    )
 
 
 def has_api_key(server: str) -> bool:
@@ -69,34 +92,37 @@ def server_reachable(server: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def check(cfg: DictConfig) -> None:
+def problems(spec: TrackingSpec) -> list[Problem]:
     """Online W&B needs a key and a server: say so now, in one line, if either is missing."""
-    if not enabled(cfg) or mode(cfg) != "online":
-        return
+    if not spec.enabled or spec.mode != "online":
+        return []
     server = os.environ.get("WANDB_BASE_URL", DEFAULT_SERVER)
     fix = "set tracking.mode=offline (or WANDB_MODE=offline) and `wandb sync` the run directory later"
     if not has_api_key(server):
-        raise TrlmError(f"tracking=wandb is online but no W&B API key is set (WANDB_API_KEY or `wandb login`): {fix}")
+        return [Problem("tracking", "is online but no W&B API key is set (WANDB_API_KEY or `wandb login`)", "wandb",
+                        fix)]  # fmt: skip
     if not server_reachable(server):
-        raise TrlmError(f"tracking=wandb is online but the W&B server {server} is unreachable: {fix}")
+        return [Problem("tracking", f"is online but the W&B server {server} is unreachable", "wandb", fix)]
+    return []
 
 
-def configure(cfg: DictConfig, run_dir: Path, data_sha256: str = "", git_sha: str | None = None) -> None:
+def configure(spec: TrackingSpec, run_dir: Path, data_sha256: str = "", git_sha: str | None = None) -> None:
     """W&B's settings for this run, through its environment: TRL's W&B callback starts the run with them."""
-    if not enabled(cfg):
+    from trlm.distributed import is_main_process
+
+    if not spec.enabled:
         return
-    if mode(cfg) == "offline" and not cfg.tracking.mode and not os.environ.get("WANDB_MODE"):
+    if spec.mode == "offline" and not spec.mode_chosen:
         log.info("no W&B API key: tracking offline into %s/wandb (`wandb sync` it later)", run_dir)
-    tags = [cfg.stage.name, cfg.data.name, cfg.hardware.name, *([f"git-{git_sha[:8]}"] if git_sha else []),
-            *([f"data-{data_sha256[:8]}"] if data_sha256 else []), *cfg.tracking.tags]  # fmt: skip
+    tags = [*spec.tags[:3], *([f"git-{git_sha[:8]}"] if git_sha else []),
+            *([f"data-{data_sha256[:8]}"] if data_sha256 else []), *spec.tags[3:]]  # fmt: skip
     settings = {
         "WANDB_DIR": str(run_dir),  # W&B's local files (offline runs too) live with the run
-        "WANDB_PROJECT": cfg.tracking.project,
-        "WANDB_ENTITY": cfg.tracking.entity,
-        "WANDB_MODE": mode(cfg),
-        # The stages of one experiment side by side; a sweep's trials grouped by their study.
-        "WANDB_RUN_GROUP": f"{cfg.run.name}/{cfg.run.sweep}" if cfg.run.trial is not None else cfg.run.name,
-        "WANDB_JOB_TYPE": cfg.stage.name,
+        "WANDB_PROJECT": spec.project,
+        "WANDB_ENTITY": spec.entity,
+        "WANDB_MODE": spec.mode,
+        "WANDB_RUN_GROUP": spec.group,
+        "WANDB_JOB_TYPE": spec.job_type,
         "WANDB_TAGS": ",".join(tag[:64] for tag in tags),  # W&B refuses tags longer than 64 characters
     }
     if is_main_process():  # the rank that reports: the same W&B run across requeues and resumes
@@ -114,11 +140,11 @@ def run_id(run_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def record_config(cfg: DictConfig, data_sha256: str, git_sha: str | None) -> None:
+def record_config(config: dict[str, Any], data_sha256: str, git_sha: str | None) -> None:
     """trlm's own record in the W&B run TRL's callback started: the resolved config, data and git hashes."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        record = {"trlm": OmegaConf.to_container(cfg, resolve=True), "data_sha256": data_sha256, "git_sha": git_sha}
+        record = {"trlm": config, "data_sha256": data_sha256, "git_sha": git_sha}
         wandb.run.config.update(record, allow_val_change=True)
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from trlm.config import COUNT, NON_NEGATIVE, POSITIVE, setting
+
 
 @dataclass
 class TrlmOptunaSweeperConf:
@@ -22,16 +24,19 @@ class TrlmOptunaSweeperConf:
     direction: str | None = None  # minimize | maximize; null: the stage's objective direction
     study_name: str | None = None  # null: run.sweep (the sweep config's name); the same name resumes the study
     storage: str | None = None  # null: a journal file in the sweep directory; or a journal path / RDB URL
-    n_trials: int = 10  # trials in the study in all (any state): re-running resumes, a larger n extends it
-    n_jobs: int = 1  # trials in flight at once; a new one starts as soon as any finishes
+    n_trials: int = setting(10, "trials in the study in all (any state): re-running resumes, a larger n extends it",
+                            COUNT)  # fmt: skip
+    n_jobs: int = setting(1, "trials in flight at once; a new one starts as soon as any finishes", COUNT)
     # false: wait for every trial of a batch before asking the next batch (hydra-optuna-sweeper's way;
     # kept to measure the difference, bench/sweep_bench.py)
     asynchronous: bool = True
-    max_failures: int = 3  # failed trials (raised, NaN/inf, killed) this sweep tolerates before it stops
+    max_failures: int = setting(3, "failed trials (raised, NaN/inf, killed) this sweep tolerates before it stops",
+                                NON_NEGATIVE)  # fmt: skip
     params: dict[str, str] = field(default_factory=dict)  # key: Hydra sweep expression
     custom_search_space: str | None = None  # "module.function(cfg, trial)" suggesting further params
     enqueue_trials: list[dict[str, Any]] = field(default_factory=list)  # params to try first (e.g. the report's)
-    report_every: float = 0.1  # evaluate and report to the pruner every N steps (< 1: share of the run)
+    report_every: float = setting(0.1, "evaluate and report to the pruner every N steps (< 1: share of the run)",
+                                  POSITIVE)  # fmt: skip
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="trlm_optuna", node=TrlmOptunaSweeperConf, provider="trlm")

@@ -7,17 +7,19 @@ as soon as any finishes, by launching batches of one from worker threads through
 launcher is configured (submitit_local, or submitit_slurm on a cluster).
 
 Each trial is one training job in `outputs/<run>/sweeps/<study>/<stage>/<trial number>`: the job
-reports its objective to its trial at each evaluation (pruning, trlm/pruning.py); only the sweeper
-tells a trial's final state. Re-running the same command resumes the study: finished trials are
-kept, a trial this host was running when the sweep died is run again under its own number (its
-directory, so it resumes from its last checkpoint), then new trials are asked until `n_trials`.
+reports its objective to its trial at each evaluation (pruning, trlm/callbacks.py), and returns a
+`StageOutcome` (its objective, and whether it was pruned) that the launcher hands back; only the
+sweeper tells a trial's final state, from that outcome or the error the job raised. It reads no
+file a job wrote, and talks to Optuna through its public API (the study, the storage it opened).
+Re-running the same command resumes the study: finished trials are kept, a trial this host was
+running when the sweep died is run again under its own number (its directory, so it resumes from
+its last checkpoint), then new trials are asked until `n_trials`.
 """
 
 import importlib
 import logging
 import os
 import socket
-import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +32,10 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hydra_plugins.trlm_optuna.config import TrlmOptunaSweeperConf
 from hydra_plugins.trlm_submitit.launcher import what_went_wrong
 from trlm import layout
-from trlm.errors import TrlmError
+from trlm.errors import Problem, Problems, TrlmError, report
 
 log = logging.getLogger(__name__)
 LOCAL_LAUNCHERS = ("BasicLauncher", "LocalLauncher")  # trials share this machine's cores
@@ -77,21 +80,6 @@ def owner_alive(tag: str | None) -> bool:
     return True
 
 
-def check_settings(conf: Any) -> None:
-    """hydra.sweeper's own numbers, before anything is created (`trlm plan` checks them too)."""
-    rules = {
-        "n_trials": (conf.n_trials >= 1, ">= 1"),
-        "n_jobs": (conf.n_jobs >= 1, ">= 1"),
-        "max_failures": (conf.max_failures >= 0, ">= 0"),
-        "report_every": (conf.report_every > 0, "> 0"),
-    }
-    for key, (valid, rule) in rules.items():
-        if not valid:
-            raise TrlmError(f"hydra.sweeper.{key}={conf[key]} is out of range: it must be {rule}")
-    if conf.direction not in (None, "minimize", "maximize"):
-        raise TrlmError(f"hydra.sweeper.direction={conf.direction}: minimize, maximize or null (the objective's)")
-
-
 class TrlmOptunaSweeper(Sweeper):
     def __init__(self, **conf: Any) -> None:
         self.conf = OmegaConf.create(conf)
@@ -112,31 +100,33 @@ class TrlmOptunaSweeper(Sweeper):
         try:
             self._sweep(arguments)
         except TrlmError as error:
-            print(f"trlm: error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
+            raise SystemExit(report(error)) from None
 
     # The parts of a sweep, in order.
     def _sweep(self, arguments: list[str]) -> None:
         import optuna
 
+        from trlm.checks import sweeper_problems
         from trlm.study import describe_space, open_storage, search_space, write_results
 
         cfg = self.config
-        check_settings(self.conf)
+        found = sweeper_problems(self.conf, TrlmOptunaSweeperConf)
         fixed, expressions = self.split_arguments(arguments)
         space = search_space(expressions)
-        self.check_keys(space)
+        found += self.unknown_keys(space)
         self.sweep_dir = layout.sweep_dir(cfg.paths.output_root, cfg.run.name, cfg.stage.name, self.study_name)
         direction = str(self.conf.direction or cfg.stage.objective.direction.value)
         launcher_kind = type(self.launcher).__name__
         if self.conf.n_jobs > 1 and launcher_kind == "BasicLauncher":
-            raise TrlmError(
-                "hydra.sweeper.n_jobs > 1 needs a launcher that runs trials as processes: add "
-                "hydra/launcher=submitit_local (the sweep presets do), or submitit_slurm on a cluster"
-            )
+            found.append(Problem("hydra.sweeper.n_jobs", "needs a launcher that runs trials as processes",
+                                 str(self.conf.n_jobs), "add hydra/launcher=submitit_local (the sweep presets do), "
+                                 "or submitit_slurm on a cluster"))  # fmt: skip
         self.space, self.fixed = space, [*fixed, *self.share_of_cores(launcher_kind)]
-        self.preflight()  # before the study exists: a refused sweep leaves nothing behind
-        storage = open_storage(self.conf.storage, self.sweep_dir, parallel=self.conf.n_jobs > 1)
+        if not found:  # a trial's config needs a sound sweep to compose
+            found += self.preflight()
+        if found:  # before the study exists: a refused sweep leaves nothing behind
+            raise Problems(found)
+        self.storage = storage = open_storage(self.conf.storage, self.sweep_dir, parallel=self.conf.n_jobs > 1)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
             study_name=self.study_name,
@@ -175,16 +165,17 @@ class TrlmOptunaSweeper(Sweeper):
             raise TrlmError("the sweep has no search space: set hydra.sweeper.params or pass key=interval(a, b)")
         return fixed, expressions
 
-    def check_keys(self, space: dict[str, Any]) -> None:
-        missing = object()
+    def unknown_keys(self, space: dict[str, Any]) -> list[Problem]:
+        missing, found = object(), []
         for key in space:
             if not key.startswith("+") and OmegaConf.select(self.config, key, default=missing) is missing:
-                raise TrlmError(f"sweep parameter {key} is not a setting of this config (python train.py --cfg job)")
+                found.append(Problem(key, "is not a setting of this config, so it cannot be swept",
+                                     hint="see python train.py --cfg job"))  # fmt: skip
+        return found
 
-    def preflight(self) -> None:
-        """A trial's config, composed and checked as its job will, before any trial starts."""
-        from trlm.pruning import check_prunable
-        from trlm.validate import check_config
+    def preflight(self) -> list[Problem]:
+        """A trial's config, composed and planned as its job will, before any trial starts (light: no torch)."""
+        from trlm.stage_plan import plan_stage
 
         sample = {key: dist.to_external_repr(dist.to_internal_repr(low_end(dist))) for key, dist in self.space.items()}
         try:
@@ -193,8 +184,11 @@ class TrlmOptunaSweeper(Sweeper):
             raise TrlmError(f"a trial's config does not compose: {what_went_wrong(str(error))}") from None
         with open_dict(trial_cfg):
             del trial_cfg["hydra"]
-        check_config(trial_cfg)
-        check_prunable(trial_cfg)
+        try:
+            plan_stage(trial_cfg)
+        except Problems as problems:
+            return problems.problems
+        return []
 
     def check_compatible(self, study: Any, space: dict[str, str], direction: str) -> bool:
         """Whether the study is new; an existing one must have the same space and direction."""
@@ -219,7 +213,7 @@ class TrlmOptunaSweeper(Sweeper):
         """Local trials share the machine: each gets cores / n_jobs torch threads unless the user chose."""
         if launcher_kind not in LOCAL_LAUNCHERS or self.config.hardware.cpu_threads is not None:
             return []
-        return [f"hardware.cpu_threads={threads_per_trial(self.conf.n_jobs)}"]
+        return [f"hardware.cpu_threads={threads_per_trial(max(1, self.conf.n_jobs))}"]  # n_jobs < 1: refused
 
     def trial_overrides(self, number: int, params: dict[str, Any]) -> list[str]:
         from trlm.study import override_value, storage_url
@@ -253,24 +247,25 @@ class TrlmOptunaSweeper(Sweeper):
         stale = [t for t in running if not owner_alive(t.user_attrs.get("worker"))]
         for trial in stale:
             log.info("trial %d was running when its sweep stopped: running it again (it resumes)", trial.number)
-            self.study._storage.set_trial_user_attr(trial._trial_id, "worker", owner())
+            self.storage.set_trial_user_attr(self.trial_id(trial.number), "worker", owner())
         return [(t.number, dict(t.params)) for t in stale]
 
-    def run_trial(self, number: int, params: dict[str, Any]) -> Outcome:
-        from trlm.records import Summary
-        from trlm.run_dir import SUMMARY
+    def trial_id(self, number: int) -> int:
+        from trlm.study import trial_id
 
+        return trial_id(self.storage, self.study_name, number)
+
+    def run_trial(self, number: int, params: dict[str, Any]) -> Outcome:
         log.info("trial %d: %s", number, params)
         try:
             (job,) = self.launcher.launch([self.trial_overrides(number, params)], initial_job_idx=number)
-            value = job.return_value  # raises what the job raised
+            value = job.return_value  # the job's StageOutcome; raises what the job raised
         except BaseException as error:  # a killed job surfaces as submitit's UncompletedJobError
             if isinstance(error, KeyboardInterrupt):
                 raise
             said = str(error) if isinstance(error, CompactHydraException) else f"{type(error).__name__}: {error}"
             return Outcome(number, error=what_went_wrong(said))
-        summary = Summary.load(self.sweep_dir / layout.trial_name(number) / SUMMARY)
-        return Outcome(number, float(value), pruned=bool(summary and summary.pruned))
+        return Outcome(number, float(value), pruned=bool(getattr(value, "pruned", False)))
 
     def tell(self, outcome: Outcome) -> bool:
         """Records a trial's final state; returns whether it failed."""
@@ -292,8 +287,7 @@ class TrlmOptunaSweeper(Sweeper):
         if outcome.error is None and not outcome.pruned and not finite(outcome.value):
             outcome.error = f"objective is {outcome.value}"
         if outcome.error is not None:
-            trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, outcome.number)
-            self.study._storage.set_trial_user_attr(trial_id, "fail_reason", outcome.error)
+            self.storage.set_trial_user_attr(self.trial_id(outcome.number), "fail_reason", outcome.error)
             self.study.tell(outcome.number, state=state.FAIL, skip_if_finished=True)
             log.warning("trial %d failed: %s", outcome.number, outcome.error)
             return True

@@ -20,6 +20,6 @@ def fixture_sources(tmp_path_factory) -> tuple[Path, dict[str, dict[int, str]]]:
 @pytest.fixture
 def blend_cfg():
     def _blend(**fields) -> DataConfig:
-        return OmegaConf.merge(OmegaConf.structured(DataConfig), fields)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), fields))
 
     return _blend

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -105,7 +106,7 @@ def test_first_n_takes_the_head_and_random_a_seeded_sample(fixture_sources, blen
     sample = load_prepared(prepare_blend(sampled, tmp_path))["_source_index"]
     again = load_prepared(prepare_blend(sampled, tmp_path / "again"))["_source_index"]
     assert sample == again and max(sample) >= 300 and len(set(sample)) == len(sample)
-    reseeded = load_prepared(prepare_blend(blend_cfg(**{**sampled, "seed": 1}), tmp_path))["_source_index"]
+    reseeded = load_prepared(prepare_blend(dataclasses.replace(sampled, seed=1), tmp_path))["_source_index"]
     assert sorted(reseeded) != sorted(sample)
 
 
@@ -144,8 +145,8 @@ def test_a_prepared_blend_is_reused_and_a_changed_one_rebuilt(fixture_sources, b
     stamp = (first.path / METADATA).stat().st_mtime_ns
     assert prepare_blend(cfg, tmp_path).path == first.path
     assert (first.path / METADATA).stat().st_mtime_ns == stamp  # not rebuilt
-    assert blend_dir(blend_cfg(**{**cfg, "eval_size": 9}), tmp_path) == first.path  # training-only field
-    changed = prepare_blend(blend_cfg(**{**cfg, "seed": 3}), tmp_path)
+    assert blend_dir(dataclasses.replace(cfg, eval_size=9), tmp_path) == first.path  # training-only field
+    changed = prepare_blend(dataclasses.replace(cfg, seed=3), tmp_path)
     assert changed.path != first.path
 
 

@@ -6,7 +6,7 @@ import json
 import re
 
 from trlm.demo.task import DATA_DIR, demo_blends, worked_trace
-from trlm.evaluation import parse_think_reply
+from trlm.scoring import parse_think_reply
 
 
 def test_shipped_jsonl_is_what_the_generator_writes():

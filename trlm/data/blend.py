@@ -6,6 +6,7 @@ keyed by the hash of its config and sources; the run records that hash and the r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,6 @@ from typing import Any
 
 import datasets
 from datasets import Dataset, DatasetDict
-from omegaconf import OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from trlm.config import DataConfig, DataKind, TooLong
@@ -31,7 +31,7 @@ def load_prepared(prepared: PreparedBlend) -> Dataset:
 
 def held_out_blend(data: DataConfig) -> DataConfig:
     """The held-out rows of `data.eval_sources`, as a blend of their own (same kind and pipeline)."""
-    return OmegaConf.merge(data, {"name": f"{data.name}-eval", "sources": data.eval_sources, "eval_sources": []})
+    return dataclasses.replace(data, name=f"{data.name}-eval", sources=data.eval_sources, eval_sources=[])
 
 
 PROVENANCE_KEY = ["_source_dataset", "_source_subset", "_source_split", "_source_index"]

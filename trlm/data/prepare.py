@@ -16,6 +16,7 @@ shuffle one bucket at a time, so memory stays flat as sources grow.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -94,7 +95,7 @@ def source_rows(data: DataConfig, source: SourceConfig, ordinal: int, stats: Sou
     started = last_report = time.monotonic()
     label = f"{source.name}" + (f" [{source.subset}/{source.split}]" if source.subset else f" [{source.split}]")
     fill = data.fill and data.sampling == Sampling.first and source.entries is not None
-    read_as = OmegaConf.merge(source, {"entries": None}) if fill else source  # read on until `entries` are kept
+    read_as = dataclasses.replace(source, entries=None) if fill else source  # read on until `entries` are kept
     for index, raw in read_source(read_as, data.sampling, data.seed):
         if fill and stats.kept == source.entries:
             break
@@ -220,7 +221,7 @@ def build(data: DataConfig, target: Path) -> PreparedBlend:
         files, content_hash = write_rows(shuffled, total, data, staging)
         shutil.rmtree(staging / "_shuffled")
         shutil.rmtree(staging / "_by_content", ignore_errors=True)
-        metadata = describe(data, stats, files, content_hash, target.name)
+        metadata = blend_metadata(data, stats, files, content_hash, target.name)
         metadata.save(staging / METADATA)
         (staging / CARD).write_text(dataset_card(metadata))
     return PreparedBlend(target, metadata)
@@ -231,7 +232,7 @@ def summary_of(stats: list[SourceStats]) -> str:
     return f"{sum(s.read for s in stats)} read, dropped: {dict(dropped) or 'none'}"
 
 
-def describe(
+def blend_metadata(
     data: DataConfig, stats: list[SourceStats], files: list[str], content_hash: str, folder: str
 ) -> BlendMetadata:
     total = sum(s.kept for s in stats)

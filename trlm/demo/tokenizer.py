@@ -7,12 +7,15 @@ Like SmolLM2's, it knows `<|endoftext|>`, `<|im_start|>` and `<|im_end|>` (ids 0
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from trlm.chat_template import ENDOFTEXT, IM_END, IM_START
 from trlm.demo.task import demo_blends
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 BASE_SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]
 
@@ -28,7 +31,8 @@ def demo_corpus(extra_texts: Iterable[str] = ()) -> Iterator[str]:
                     yield message["content"]
 
 
-def train_demo_tokenizer(vocab_size: int, extra_texts: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+def train_demo_bpe(vocab_size: int, extra_texts: Iterable[str] = ()) -> Tokenizer:
+    """The BPE itself (the `tokenizers` library alone: `trlm plan` counts tokens with it, without transformers)."""
     tokenizer = Tokenizer(models.BPE())
     # Digit runs split from their neighbours: "17" is the same token after a space, a newline or "=",
     # so copying and adding numbers is a lookup the tiny model can learn quickly.
@@ -43,8 +47,14 @@ def train_demo_tokenizer(vocab_size: int, extra_texts: Iterable[str] = ()) -> Pr
         show_progress=False,
     )
     tokenizer.train_from_iterator(demo_corpus(extra_texts), trainer=trainer)
+    return tokenizer
+
+
+def train_demo_tokenizer(vocab_size: int, extra_texts: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
+        tokenizer_object=train_demo_bpe(vocab_size, extra_texts),
         bos_token=IM_START,
         eos_token=IM_END,
         pad_token=IM_END,

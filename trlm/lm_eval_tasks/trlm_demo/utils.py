@@ -18,9 +18,9 @@ def load_docs(**_: Any):
 
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    """One reply scored as a stage scores its held-out rows (trlm.evaluation.score_replies)."""
+    """One reply scored as a stage scores its held-out rows (trlm.scoring.score_replies)."""
     from trlm.chat_template import cut_at_turn_end
-    from trlm.evaluation import score_replies
+    from trlm.scoring import score_replies
 
     reply = cut_at_turn_end(results[0])
     scores = score_replies([reply], [doc["reference"]], expect_think=True)
@@ -37,19 +37,12 @@ def process_results(doc: dict, results: list[str]) -> dict[str, float]:
 
 def write_rows() -> None:
     """Rewrites trlm_demo.jsonl: the held-out rows of the demo's stage-2 blend (prepared if needed)."""
-    from hydra import compose, initialize_config_dir
-
-    from trlm.config import register_configs
     from trlm.data.blend import load_blend
-    from trlm.layout import register_resolvers
-    from trlm.paths import CONF_DIR, project_path
-    from trlm.trainers import sft_held_out
+    from trlm.plan import plan_for
+    from trlm.trainer_kinds import sft_held_out
 
-    register_configs()
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=demo", "stage=sft_think"])
-    blend, _ = load_blend(cfg.data, project_path(cfg.paths.blends_dir))
+    plan = plan_for(["experiment=demo", "stage=sft_think"])
+    blend, _ = load_blend(plan.data, plan.blends_dir)
     lines = []
     for conversation in sft_held_out(blend["eval"]):
         *prompt, reply = conversation
