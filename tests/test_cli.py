@@ -62,6 +62,18 @@ def test_refused_before_anything_is_written(train_in_process, tmp_path, args, ne
     assert_refused(train_in_process("experiment=demo", *args), tmp_path / "outputs", needle)
 
 
+def test_every_problem_of_a_command_is_named_at_once(train_in_process, tmp_path):
+    result = train_in_process("stage=sft", "stage.recipe.learning_rate=-1", "stage.recipe.max_steps=0", "data.seed=-3")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "trlm: error: stage.recipe.max_steps=0 is out of range: it must be -1 (unset: epochs decide) or >= 1",
+        "trlm: error: stage.recipe.learning_rate=-1.0 is out of range: it must be > 0",
+        "trlm: error: data.seed=-3 is out of range: it must be >= 0",
+        "trlm: error: 3 problems; nothing was run or written",
+    ]
+    assert snapshot(tmp_path / "outputs") == {}
+
+
 @pytest.mark.parametrize("multirun", [[], ["-m", "sweep=lr"]], ids=["run", "sweep"])
 @pytest.mark.parametrize("name", ["../escaped", "nested/run", ".hidden"])
 def test_a_run_name_that_is_not_one_folder_is_refused(train_in_process, tmp_path, name, multirun):
@@ -107,6 +119,8 @@ def test_help_introduces_trlm_and_its_first_commands(run_cli):
     result = run_cli("--help")
     assert result.returncode == 0 and result.stdout.startswith("trlm: post-train tiny language models")
     assert "make demo" in result.stdout and "make test" in result.stdout
+    # every setting, as this command composes it, with what it does and the range it admits (from the schema)
+    assert "stage.recipe.learning_rate=0.0003" in result.stdout and "peak learning rate (> 0)" in result.stdout
 
 
 def test_the_trlm_command(tmp_path):

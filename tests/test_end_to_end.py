@@ -113,6 +113,21 @@ def test_pinned_losses(stages, stage, request):
     assert losses == pytest.approx(PINNED_LOSSES[stage], rel=2e-3)
 
 
+@pytest.mark.parametrize("stage", ["sft", "sft_think", "dpo"])
+def test_the_plan_prints_the_arguments_the_run_received(stages, demo_root, stage, capsys):
+    from trlm.plan import plan_command, plan_for
+
+    args = [f"paths.output_root={demo_root}", f"stage={stage}", *QUICK]
+    planned = plan_for(args).training_args
+    received = torch.load(stages / stage / "checkpoints" / "checkpoint-4" / "training_args.bin", weights_only=False)
+    for key, value in planned.items():  # TRL keeps enums and lists where the plan has plain values; none as []
+        got = getattr(received, key)
+        assert value in (got, getattr(got, "value", got)) or [value] == got or (value, got) == (["none"], []), key
+    plan_command(args)
+    printed = capsys.readouterr().out
+    assert all(f"{key}={value!r}" in printed for key, value in planned.items() if key not in ("output_dir", "run_name"))
+
+
 def test_stages_chain_through_lineage(stages):
     for stage, previous in (("sft_think", "sft"), ("dpo", "sft_think")):
         start = RunRecord.load(stages / stage / "run.json").start

@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from trlm import layout
+from trlm.compose import register_resolvers
 from trlm.paths import CONF_DIR
 
 
@@ -34,7 +35,7 @@ def test_trial_names(tmp_path):
 
 
 def test_the_trial_subdir_resolver_prefers_the_sweepers_trial_number(tmp_path):
-    layout.register_resolvers()
+    register_resolvers()
     cfg = OmegaConf.create({"trial": None, "o": "a:1+b:2", "d": "${trlm.trial:${trial},${o}}"})
     assert cfg.d == "a:1+b:2"
     cfg.trial = 12

@@ -182,3 +182,55 @@ def test_a_study_of_another_space_or_direction_is_refused(train_in_process, tmp_
     assert other_space.returncode == 2 and "with another search space" in other_space.stderr
     other_direction = train_in_process("-m", *FAST, "hydra.sweeper.direction=maximize")
     assert other_direction.returncode == 2 and "this sweep would maximize" in other_direction.stderr
+
+
+class ScriptedLauncher:
+    """Hands back what a trial's job returned (or raised), as Hydra's launchers do: nothing is written anywhere."""
+
+    def __init__(self, outcomes: dict[int, object]) -> None:
+        self.outcomes = outcomes
+
+    def launch(self, job_overrides, initial_job_idx):
+        from hydra.core.utils import JobReturn, JobStatus
+
+        outcome = self.outcomes[initial_job_idx]
+        failed = isinstance(outcome, BaseException)
+        return [JobReturn(overrides=job_overrides[0], status=JobStatus.FAILED if failed else JobStatus.COMPLETED,
+                          _return_value=outcome)]  # fmt: skip
+
+
+def test_the_sweeper_learns_pruned_and_failed_trials_from_what_the_job_returns(tmp_path):
+    from hydra_plugins.trlm_optuna.config import TrlmOptunaSweeperConf
+    from hydra_plugins.trlm_optuna.sweeper import TrlmOptunaSweeper
+    from trlm.errors import Problem, Problems
+    from trlm.stage_plan import StageOutcome
+
+    sweeper = TrlmOptunaSweeper(**OmegaConf.to_container(OmegaConf.structured(TrlmOptunaSweeperConf)))
+    sweeper.config = OmegaConf.create({"stage": {"objective": {"metric": "eval_loss"}}})
+    sweeper.study_name, sweeper.fixed, sweeper.sweep_dir = "s", [], tmp_path / "never-created"
+    sweeper.storage = optuna.storages.InMemoryStorage()
+    sweeper.study = optuna.create_study(study_name="s", storage=sweeper.storage)
+    space = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    numbers = [sweeper.study.ask(space).number for _ in range(3)]
+    sweeper.launcher = ScriptedLauncher({
+        0: StageOutcome(0.25),
+        1: StageOutcome(0.75, pruned=True),
+        2: Problems([Problem("stage.recipe.loss_type", "is not valid", "'x'"), Problem("data.seed", "is bad", "-1")]),
+    })  # fmt: skip
+    for number in numbers:
+        sweeper.tell(sweeper.run_trial(number, {"x": 0.5}))
+    trials = sweeper.study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "FAIL"]
+    assert trials[0].value == 0.25 and not sweeper.sweep_dir.exists()  # no job file read, none there to read
+    assert "loss_type='x' is not valid" in trials[2].user_attrs["fail_reason"]
+    assert "data.seed=-1 is bad" in trials[2].user_attrs["fail_reason"]  # every problem, in one line
+
+
+def test_a_stage_outcome_is_its_objective_and_crosses_processes_whole():
+    import pickle
+
+    from trlm.stage_plan import StageOutcome
+
+    outcome = pickle.loads(pickle.dumps(StageOutcome(0.5, pruned=True)))
+    assert outcome == 0.5 and float(outcome) + 1 == 1.5 and outcome.pruned
+    assert not StageOutcome(1.0).pruned

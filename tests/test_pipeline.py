@@ -43,6 +43,16 @@ def test_the_stages_run_in_lineage_order_and_a_rerun_skips_them(tmp_path):
 
 
 @pytest.mark.slow
+def test_every_stage_is_planned_before_the_first_one_runs(tmp_path):
+    result = pipeline(tmp_path, *FAST, "stage.objective.metric=eval_rewards/accuracies")  # a DPO figure
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        "(stage sft)" in result.stderr and "(stage sft_think)" in result.stderr and "(stage dpo)" not in result.stderr
+    )
+    assert not (tmp_path / "outputs" / "demo").exists()  # not a step trained
+
+
+@pytest.mark.slow
 def test_a_failing_stage_stops_the_local_pipeline(tmp_path):
     result = pipeline(tmp_path, *FAST, "run.init_from=/no/such/model")
     assert result.returncode == 2 and "stage sft failed; the stages after it were not run" in result.stderr

@@ -29,12 +29,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from trlm import layout, tracking
-from trlm.compose import check_choices
+from trlm.compose import check_choices, register_resolvers
 from trlm.config import register_configs
 from trlm.distributed import is_main_process, setup_slurm_task
 from trlm.errors import Problems, TrlmError, error_lines, report
 from trlm.fsutil import remove_empty_dirs
-from trlm.layout import output_root, register_resolvers
+from trlm.layout import output_root
 from trlm.paths import CONF_DIR
 from trlm.stage_plan import StageOutcome, StagePlan, plan_stage
 

@@ -23,11 +23,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.object_type import ObjectType
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from trlm.config import register_configs
+from trlm import layout
+from trlm.config import TrainConfig, describe_settings, register_configs
 from trlm.errors import TrlmError
-from trlm.layout import register_resolvers
 from trlm.paths import CONF_DIR
 
 CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
@@ -61,6 +61,25 @@ class Command:
         rest = [o for o in self.overrides if o.split("=", 1)[0] != SEARCHPATH]
         path = self.search_path
         return [*rest, f"{SEARCHPATH}=[{','.join(path)}]"] if path else rest
+
+
+def settings_help(*, _root_: DictConfig) -> str:
+    """Every setting with its value, range and help (`python train.py --help`); `$` escaped for Hydra's template."""
+    return "\n".join(describe_settings(TrainConfig, _root_)).replace("$", "$$")
+
+
+def register_resolvers() -> None:
+    """What conf/train.yaml interpolates (idempotent): the run layout (`${trlm.run_dir:…}`,
+    `${trlm.sweep_dir:…}`, `${trlm.trial:…}`: trlm/layout.py) and `${trlm.settings:}` (the help's settings)."""
+    resolvers = {
+        "trlm.run_dir": lambda root, name, stage: str(layout.run_dir(root, name, stage)),
+        "trlm.sweep_dir": lambda root, name, stage, sweep: str(layout.sweep_dir(root, name, stage, sweep)),
+        "trlm.trial": lambda trial, override_dirname: layout.trial_name(trial, override_dirname),
+        "trlm.settings": settings_help,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def split_command(args: list[str] | tuple[str, ...]) -> Command:

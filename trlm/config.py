@@ -13,7 +13,7 @@ keeps its check.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
 
@@ -354,6 +354,32 @@ class PrepareConfig:
     rebuild: bool = setting(False, "prepare again even when a blend of this config exists")
     push_to_hub: bool = setting(False, "upload the prepared blend and its card to the Hub as `data.name`")
     private: bool = setting(True, "a private Hub dataset")
+
+
+def describe_settings(schema: type, values: Any, prefix: str = "") -> list[str]:
+    """One line per setting of `schema`: `key=value (range)` and its help, for `python train.py --help`."""
+    import typing
+
+    from omegaconf import OmegaConf
+
+    lines, hints = [], typing.get_type_hints(schema)
+    for item in fields(schema):
+        key, value = f"{prefix}{item.name}", OmegaConf.select(values, item.name, default=None, throw_on_missing=False)
+        hint = hints[item.name]
+        nested = [t for t in typing.get_args(hint) or (hint,) if is_dataclass(t)]
+        if nested and typing.get_origin(hint) is list:
+            lines.append(f"{key}=[{len(value or [])} item(s)]  each: {key}.N.<key> below")
+            lines += describe_settings(nested[0], OmegaConf.structured(nested[0]), f"{key}.N.")  # the defaults
+        elif nested and value is not None:
+            lines += describe_settings(nested[0], value, f"{key}.")
+        else:
+            shown = "???" if OmegaConf.is_missing(values, item.name) else "null" if value is None else value
+            shown = getattr(shown, "value", shown)
+            rule = f" ({item.metadata['range']})" if "range" in item.metadata else ""
+            said = f"{key}={shown}"
+            said = said if len(said) <= 58 else said[:57] + "…"
+            lines.append(f"{said:<60}{item.metadata.get('help', '')}{rule}".rstrip())
+    return lines
 
 
 def register_configs() -> None:

@@ -8,16 +8,14 @@ Optuna sweeper names it by its trial number (`run.trial`), Hydra's basic sweeper
 overrides (less those that only say where: conf/train.yaml's `override_dirname.exclude_keys`).
 So the same command always lands in the same directory, and a re-run resumes it.
 
-Hydra reads the layout through the resolvers registered here (`conf/train.yaml`); lineage and
-the CLI call the same functions. Light on purpose: no torch, no transformers.
+Hydra reads the layout through resolvers (`conf/train.yaml`, registered by trlm/compose.py); lineage
+and the CLI call the same functions. Light on purpose: no torch, no transformers.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-
-from omegaconf import OmegaConf
 
 from trlm.errors import TrlmError
 from trlm.paths import project_path
@@ -62,15 +60,3 @@ def trial_dir(root: str | Path, run_name: str, stage: str, sweep: str, trial: st
 def safe_name(text: str) -> str:
     """A single path component that an override value takes unquoted: anything else becomes '_'."""
     return re.sub(r"[^A-Za-z0-9_.:+-]+", "_", text).strip("_.")[:200]
-
-
-def register_resolvers() -> None:
-    """`${trlm.run_dir:…}`, `${trlm.sweep_dir:…}`, `${trlm.trial:…}` for conf/train.yaml (idempotent)."""
-    resolvers = {
-        "trlm.run_dir": lambda root, name, stage: str(run_dir(root, name, stage)),
-        "trlm.sweep_dir": lambda root, name, stage, sweep: str(sweep_dir(root, name, stage, sweep)),
-        "trlm.trial": lambda trial, override_dirname: trial_name(trial, override_dirname),
-    }
-    for name, resolver in resolvers.items():
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver)

@@ -62,7 +62,7 @@ def load_run(path: Path, name: str) -> Run:
 
 def resolved(config: Any) -> dict:
     """The saved config with its interpolations resolved where they can be (one that cannot stays as written)."""
-    from trlm.layout import register_resolvers
+    from trlm.compose import register_resolvers
 
     register_resolvers()
     try:

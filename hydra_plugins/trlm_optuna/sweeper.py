@@ -263,6 +263,8 @@ class TrlmOptunaSweeper(Sweeper):
         except BaseException as error:  # a killed job surfaces as submitit's UncompletedJobError
             if isinstance(error, KeyboardInterrupt):
                 raise
+            if isinstance(error, TrlmError):  # the job's own words: every problem it found, on one line
+                return Outcome(number, error="; ".join(str(error).splitlines()))
             said = str(error) if isinstance(error, CompactHydraException) else f"{type(error).__name__}: {error}"
             return Outcome(number, error=what_went_wrong(said))
         return Outcome(number, float(value), pruned=bool(getattr(value, "pruned", False)))
