@@ -45,7 +45,8 @@ def one_line(error: BaseException) -> str:
 def failed_return(job: JobReturn) -> str:
     error = job._return_value
     overrides = " ".join(o for o in job.overrides or () if not o.startswith("hydra."))
-    said = f"[{overrides}] {type(error).__name__}: {'; '.join(str(error).splitlines())}"  # every problem, one line
+    kind = "TrlmError" if isinstance(error, TrlmError) else type(error).__name__  # trlm's own, whichever subclass
+    said = f"[{overrides}] {kind}: {'; '.join(str(error).splitlines())}"  # every problem, one line
     if isinstance(error, TrlmError) or job.hydra_cfg is None:  # trlm's own errors say what to do
         return said
     return f"{said} (its run directory: {job.hydra_cfg.hydra.runtime.output_dir})"

@@ -1,7 +1,7 @@
 """The demo as `make demo` runs it learns what each stage teaches: its figures as lower bounds.
 
 The figures vary a little between machines (thread count changes float summation order, which a
-few hundred steps amplify), so the bounds sit below every figure seen (README: the range).
+few hundred steps amplify), so the bounds sit below every figure seen (docs/evaluation.md: the range).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from trlm.records import Summary
 
 pytestmark = pytest.mark.slow
 
-# stage -> {metric: lower bound}; README's table shows what was measured.
+# stage -> {metric: lower bound}; docs/evaluation.md shows what was measured.
 LOWER_BOUNDS = {
     "sft": {"answer_accuracy": 0.2},
     "sft_think": {"think_format_rate": 0.9, "answer_accuracy": 0.6},
