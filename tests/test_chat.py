@@ -111,3 +111,43 @@ def test_one_shot_prints_the_greedy_reply_and_exits(tiny_model):
 def test_interactive_chat_ends_cleanly_on_ctrl_d(tiny_model):
     code, output = through_a_terminal([str(tiny_model), "--max-new-tokens", "4"], typed=[b"hello\n", b"\x04"])
     assert code == 0 and output.count("you> ") >= 2 and "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [(["--max-new-tokens", "-1"], "--max-new-tokens -1: it must be >= 1"),
+     (["--sample", "--temperature", "-2"], "--temperature -2.0: sampling needs a finite temperature > 0")],
+)  # fmt: skip
+def test_generation_options_that_would_fail_in_the_thread_are_refused_first(tmp_path, options, needle):
+    from trlm.chat import chat_command
+
+    with pytest.raises(TrlmError, match=needle):
+        chat_command([str(tmp_path), "--prompt", "hi", *options])
+
+
+@pytest.mark.slow
+def test_a_generation_that_fails_ends_the_chat_in_one_line_not_a_hang(tiny_model, monkeypatch):
+    import transformers
+
+    from trlm.chat import chat_command
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(transformers.GenerationMixin, "generate", broken)
+    with pytest.raises(TrlmError, match="generation failed: RuntimeError: CUDA error: device-side assert"):
+        chat_command([str(tiny_model), "--prompt", "1 + 2 = ?", "--max-new-tokens", "4"])
+
+
+@pytest.mark.slow
+def test_a_model_whose_weights_are_cut_short_is_one_clear_line(tiny_model, tmp_path):
+    import shutil
+
+    from trlm.chat import chat_command
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    with pytest.raises(TrlmError, match=rf"{model} does not load as a model"):
+        chat_command([str(model), "--prompt", "hi"])

@@ -62,6 +62,17 @@ def test_refused_before_anything_is_written(train_in_process, tmp_path, args, ne
     assert_refused(train_in_process("experiment=demo", *args), tmp_path / "outputs", needle)
 
 
+def test_divergence_is_a_failure_the_next_stage_will_not_start_from(run_cli, train_in_process, tmp_path):
+    result = run_cli("experiment=demo", "stage=sft", "stage.recipe.max_steps=20", "stage.recipe.learning_rate=1e9",
+                     "stage.evaluation.generate=false")  # fmt: skip
+    assert_one_line_refusal(result, "training diverged at step 10: loss is nan")
+    assert "last finite loss" in result.stderr and "learning rate" in result.stderr
+    run_dir = tmp_path / "outputs" / "demo" / "sft"
+    assert not (run_dir / "summary.json").exists() and (run_dir / "run.json").exists()
+    after = train_in_process("experiment=demo", "stage=sft_think")
+    assert_one_line_refusal(after, "starts from a finished 'sft' run 'demo'")
+
+
 def test_every_problem_of_a_command_is_named_at_once(train_in_process, tmp_path):
     result = train_in_process("stage=sft", "stage.recipe.learning_rate=-1", "stage.recipe.max_steps=0", "data.seed=-3")
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -86,6 +97,26 @@ def test_an_init_from_that_is_not_a_model(train_in_process, tmp_path):
     (tmp_path / "notes").mkdir()
     result = train_in_process("experiment=demo", f"run.init_from={tmp_path / 'notes'}")
     assert_refused(result, tmp_path / "outputs", f"{tmp_path / 'notes'} is not a model directory (no config.json")
+
+
+def test_an_init_from_whose_config_is_garbage(train_in_process, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_bytes(b"\x00\xffnot json")
+    result = train_in_process("experiment=demo", f"run.init_from={model}")
+    assert_refused(result, tmp_path / "outputs", f"{model / 'config.json'} is not a JSON object")
+
+
+@pytest.mark.slow
+def test_an_init_from_whose_weights_are_cut_short(train_in_process, compose_cfg, tmp_path):
+    from trlm.modeling import tiny_model_dir
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir(compose_cfg("experiment=demo").model.tiny, tmp_path / "cache"), model)
+    (model / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes()[:4096])
+    result = train_in_process("experiment=demo", f"run.init_from={model}", "stage.evaluation.generate=false")
+    assert_one_line_refusal(result, f"{model}: its model does not load")
+    assert not (tmp_path / "outputs" / "demo" / "sft" / "run.json").exists()
 
 
 def test_an_unwritable_output_root(train_in_process, tmp_path):
@@ -196,6 +227,28 @@ def test_one_writer_per_run_directory(run_cli, tmp_path):
     assert second.returncode == 2 and f"{run_dir} is in use" in second.stderr and "pid" in second.stderr
     steps = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == len(set(steps))  # no line written twice
+
+
+def test_ctrl_c_ends_a_run_in_one_line_releasing_its_lock_and_the_run_resumes(tmp_path):
+    import signal
+
+    recipe = ["stage.recipe.max_steps=40", "stage.recipe.save_steps=4", "stage.evaluation.generate=false"]
+    args = [sys.executable, str(PROJECT_ROOT / "train.py"), f"paths.output_root={tmp_path / 'outputs'}", *QUICK,
+            "stage=sft", *recipe]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run_dir = tmp_path / "outputs" / "demo" / "sft"
+    training = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list(run_dir.glob("checkpoints/checkpoint-*/trlm_complete")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    training.send_signal(signal.SIGINT)
+    _, stderr = training.communicate(timeout=120)
+    assert training.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("trlm: interrupted")
+    assert not (run_dir / ".lock").exists() and not (run_dir / "summary.json").exists()
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)  # the same command resumes
+    assert again.returncode == 0 and "resuming from" in again.stdout + again.stderr, again.stderr[-3000:]
+    assert Summary.load(run_dir / "summary.json").global_step == 40
 
 
 def test_two_preparations_of_one_new_blend(tmp_path):

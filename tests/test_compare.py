@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -114,3 +115,18 @@ def test_bad_input_is_one_clear_line(tmp_path, make, needle):
 def test_the_cli_refuses_without_a_directory():
     result = subprocess.run([sys.executable, "-m", "trlm.cli", "compare", "--out"], capture_output=True, text=True)
     assert_one_line_refusal(result, "usage: trlm compare DIR")
+
+
+def test_a_comparison_that_cannot_be_written_is_one_clear_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(TrlmError, match=r"cannot write the comparison to .*a_file.*give --out DIR"):
+        compare_command([str(run), "--out", str(tmp_path / "a_file")])
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    if os.access(locked, os.W_OK):  # root writes anywhere: a read-only folder cannot be shown there
+        return
+    with pytest.raises(TrlmError, match="cannot write the comparison"):
+        compare_command([str(run), "--out", str(locked / "out")])

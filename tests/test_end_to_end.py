@@ -145,17 +145,22 @@ def test_a_finished_stage_is_not_trained_again(stages, demo_root, run_cli):
     assert summary.read_text() == before
 
 
-def test_resume_after_a_crash_mid_save_equals_the_uninterrupted_run(stages, run_cli, tmp_path):
-    """A kill while checkpoint-4 was being written: the resume skips it, restarts from checkpoint-2,
-    and ends with the same per-step losses and the same final weights as the run that was never cut."""
+@pytest.mark.parametrize("cut_short", ["no marker", "marked, weights truncated"])
+def test_resume_after_a_crash_mid_save_equals_the_uninterrupted_run(stages, run_cli, tmp_path, cut_short):
+    """A kill (or a power loss: the marker on the disk, not all the weights) while checkpoint-4 was being
+    written: the resume skips it, restarts from checkpoint-2, and ends with the same per-step losses, the
+    same whole-run training loss and the same final weights as the run that was never cut."""
     done = stages / "sft"
     run_dir = tmp_path / "outputs" / "demo" / "sft"
     shutil.copytree(done, run_dir)  # a copy: the module's runs stay as they are for the other tests
     (run_dir / "summary.json").unlink()
     shutil.rmtree(run_dir / "final")
     cut = run_dir / "checkpoints" / "checkpoint-4"
-    (cut / COMPLETE_MARKER).unlink()
-    (cut / "optimizer.pt").write_bytes((cut / "optimizer.pt").read_bytes()[:100])
+    if cut_short == "no marker":
+        (cut / COMPLETE_MARKER).unlink()
+        (cut / "optimizer.pt").write_bytes((cut / "optimizer.pt").read_bytes()[:100])
+    else:
+        (cut / "model.safetensors").write_bytes((cut / "model.safetensors").read_bytes()[:1000])
     metrics = run_dir / "metrics.jsonl"
     metrics.write_text(metrics.read_text() + '{"step": 5, "loss": 1.2')  # a line cut short
 
@@ -166,6 +171,8 @@ def test_resume_after_a_crash_mid_save_equals_the_uninterrupted_run(stages, run_
     resumed, uninterrupted = train_rows(run_dir), train_rows(done)
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in uninterrupted], rel=1e-5)
+    whole_run = Summary.load(done / "summary.json").metrics["train_loss"]  # every step's, not the resumed ones'
+    assert Summary.load(run_dir / "summary.json").metrics["train_loss"] == pytest.approx(whole_run, rel=1e-5)
     weights, reference = (
         load_file(run_dir / "final" / "model.safetensors"),
         load_file(done / "final" / "model.safetensors"),
@@ -173,3 +180,32 @@ def test_resume_after_a_crash_mid_save_equals_the_uninterrupted_run(stages, run_
     assert weights.keys() == reference.keys()
     for name, tensor in reference.items():
         torch.testing.assert_close(weights[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lost", ["the summary", "the summary and final/"])
+def test_a_run_resumed_at_its_last_step_trains_no_step_again(stages, run_cli, tmp_path, lost):
+    """Killed after its last checkpoint (while saving final/), or finished with its summary lost: the rerun
+    finishes from checkpoint-4 without training, and its figures are the uninterrupted run's."""
+    done = stages / "sft"
+    run_dir = tmp_path / "outputs" / "demo" / "sft"
+    shutil.copytree(done, run_dir)
+    (run_dir / "summary.json").unlink()
+    if "final" in lost:
+        shutil.rmtree(run_dir / "final")
+    result = run_cli("stage=sft", *QUICK)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "no step trained again" in output and "resuming from" not in output
+    again, before = Summary.load(run_dir / "summary.json"), Summary.load(done / "summary.json")
+    assert again.global_step == before.global_step == 4
+    for metric in ("train_loss", "eval_loss", "answer_accuracy", "train_runtime"):
+        assert again.metrics[metric] == pytest.approx(before.metrics[metric], rel=1e-9), metric
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3, 4]
+    assert sum("train_runtime" in row for row in rows) == 1 and sum("eval_loss" in row for row in rows) == 1
+    weights, reference = (
+        load_file(run_dir / "final" / "model.safetensors"),
+        load_file(done / "final" / "model.safetensors"),
+    )
+    for name, tensor in reference.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0)

@@ -69,3 +69,12 @@ def test_waiting_holders_take_turns(tmp_path):
     for thread in threads:
         thread.join()
     assert order in (["a+", "a-", "b+", "b-"], ["b+", "b-", "a+", "a-"])  # never interleaved
+
+
+def test_a_lock_file_of_garbage_bytes_is_taken_for_one_being_written_then_stale(tmp_path):
+    path = tmp_path / ".lock"
+    path.write_bytes(b"\xff\xfe\x00 not json")
+    assert FileLock(path, "x").holder() is None
+    os.utime(path, (time.time() - 60, time.time() - 60))  # older than a writer's moment: stale
+    with FileLock(path, "x").hold():
+        assert json.loads(path.read_text())["pid"] == os.getpid()

@@ -35,3 +35,16 @@ def test_print_results_names_checkpoints_metrics_and_a_legend(tmp_path, capsys):
 def test_no_finished_run_is_an_error(tmp_path, capsys):
     assert print_results(tmp_path) == 1
     assert "no finished run" in capsys.readouterr().out
+
+
+def test_a_run_whose_summary_is_unreadable_is_listed_with_a_note(tmp_path, capsys):
+    finish_run(tmp_path / "sft")
+    finish_run(tmp_path / "dpo", stage_name="dpo")
+    summary = tmp_path / "dpo" / "summary.json"
+    summary.write_bytes(summary.read_bytes()[:40])  # cut short
+    finish_run(tmp_path / "sft_think")
+    (tmp_path / "sft_think" / "summary.json").write_bytes(b'{"stage": "\xff\xfe"}')  # not UTF-8
+    assert print_results(tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "dpo: summary.json is unreadable" in out and "sft_think: summary.json is unreadable" in out
+    assert [name for name, _ in finished_runs(tmp_path)] == ["sft"]

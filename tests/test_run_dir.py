@@ -63,3 +63,32 @@ def test_a_resume_trims_metrics_past_its_checkpoint_and_a_cut_line(tmp_path):
     metrics.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
     MetricsLog(metrics).on_train_begin(None, SimpleNamespace(is_world_process_zero=True, global_step=2), None)
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2]
+
+
+def test_a_marked_checkpoint_whose_files_changed_since_is_skipped(tmp_path, caplog):
+    good = checkpoint(tmp_path, 2)
+    path = tmp_path / "checkpoint-4"
+    path.mkdir()
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    (path / "model.safetensors").write_bytes(b"w" * 1000)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=4)
+    CheckpointMarker().on_save(SimpleNamespace(output_dir=str(tmp_path)), state, None)
+    marker = json.loads((path / COMPLETE_MARKER).read_text())
+    assert marker["files"]["model.safetensors"]["size"] == 1000 and len(marker["files"]) == 2
+    assert latest_complete_checkpoint(tmp_path, clean=False) == path
+    (path / "model.safetensors").write_bytes(b"w" * 400)  # the marker made it to the disk, the weights did not
+    assert latest_complete_checkpoint(tmp_path, clean=False) == path  # a look: the marker alone counts
+    assert latest_complete_checkpoint(tmp_path) == good  # a resume checks every file against the marker
+    assert "model.safetensors is missing or not the size it was saved at" in caplog.text and not path.exists()
+
+
+def test_a_file_of_the_same_size_but_other_bytes_is_caught_by_its_sha256(tmp_path, caplog):
+    path = tmp_path / "checkpoint-4"
+    path.mkdir()
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    (path / "optimizer.pt").write_bytes(b"a" * 64)
+    CheckpointMarker().on_save(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(
+        is_world_process_zero=True, global_step=4), None)  # fmt: skip
+    (path / "optimizer.pt").write_bytes(b"b" * 64)
+    assert latest_complete_checkpoint(tmp_path) is None
+    assert "optimizer.pt does not match the sha256 it was saved with" in caplog.text

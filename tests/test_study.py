@@ -78,3 +78,26 @@ def test_results_files(tmp_path):
     assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE", "FAIL"] and rows[2]["reason"] == "objective is nan"
     assert set(rows[0]) == {"number", "state", "value", "lr", "reason"}
     assert "best: trial 1, value 0.25" in format_study(study)
+
+
+def test_a_journal_whose_last_record_was_torn_is_repaired_and_the_study_goes_on(tmp_path, caplog):
+    study = optuna.create_study(study_name="s", storage=open_storage(None, tmp_path, parallel=False))
+    study.tell(study.ask({"x": FloatDistribution(0, 1)}), 0.5)
+    journal = tmp_path / "optuna.journal"
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "w", "trial_id": 1, "para')  # a crash mid-write
+    reopened = optuna.load_study(study_name="s", storage=open_storage(None, tmp_path, parallel=False))
+    assert [t.value for t in reopened.trials] == [0.5] and journal.read_bytes() == whole
+    (aside,) = tmp_path.glob("optuna.journal.torn-*")
+    assert aside.read_bytes().endswith(b'"para') and "ended in a record cut short" in caplog.text
+    reopened.tell(reopened.ask({"x": FloatDistribution(0, 1)}), 0.25)  # it goes on, and reads back
+    again = optuna.load_study(study_name="s", storage=open_storage(None, tmp_path, parallel=False))
+    assert [t.value for t in again.trials] == [0.5, 0.25]
+
+
+def test_a_whole_journal_is_left_as_it_is(tmp_path):
+    study = optuna.create_study(study_name="s", storage=open_storage(None, tmp_path, parallel=False))
+    study.tell(study.ask({"x": FloatDistribution(0, 1)}), 0.5)
+    before = (tmp_path / "optuna.journal").read_bytes()
+    open_storage(None, tmp_path, parallel=False)
+    assert (tmp_path / "optuna.journal").read_bytes() == before and not list(tmp_path.glob("*.torn-*"))

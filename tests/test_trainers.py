@@ -129,3 +129,19 @@ def test_sweep_trials_that_share_a_start_and_a_blend_share_the_reference_pass(ru
     step = next(row for row in read_jsonl(second / "metrics.jsonl") if "loss" in row)
     assert step["loss"] == pytest.approx(1.0, abs=1e-4)
     assert step["rewards/chosen"] == pytest.approx(0.0, abs=1e-4) == step["rewards/rejected"]
+
+
+def test_a_reference_log_prob_cache_entry_is_used_only_when_whole(tmp_path, caplog):
+    import torch
+
+    from trlm.fsutil import atomic_write_text, sha256_of
+    from trlm.trainers import REF_COLUMNS, cached_columns
+
+    path = tmp_path / "key.pt"
+    torch.save({key: torch.arange(4.0) for key in REF_COLUMNS}, path)
+    assert cached_columns(path, 4) is None  # no sha256 recorded beside it (a foreign or older file)
+    atomic_write_text(path.with_suffix(".sha256"), sha256_of(path))
+    assert torch.equal(cached_columns(path, 4)["ref_chosen_logps"], torch.arange(4.0))
+    assert cached_columns(path, 5) is None  # another row count: not this dataset's pass
+    path.write_bytes(path.read_bytes()[:-7])  # a torn entry
+    assert cached_columns(path, 4) is None and "computing it again" in caplog.text

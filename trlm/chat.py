@@ -9,6 +9,7 @@ model's chat template carries it), or `--system`.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import threading
 from pathlib import Path
@@ -80,7 +81,16 @@ def reply(model, tokenizer, messages: list[dict[str, str]], args: argparse.Names
     settings = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "streamer": streamer,
                 "eos_token_id": turn_end_ids(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                 "temperature": args.temperature if args.sample else None, "top_p": None, "top_k": None}  # fmt: skip
-    thread = threading.Thread(target=model.generate, kwargs={**inputs, **settings}, daemon=True)
+    failure: list[BaseException] = []
+
+    def generate() -> None:
+        try:
+            model.generate(**inputs, **settings)
+        except BaseException as error:  # said in the main thread, which would otherwise wait on the streamer
+            failure.append(error)
+            streamer.end()
+
+    thread = threading.Thread(target=generate, daemon=True)
     thread.start()
     printer, text = ThinkPrinter(), ""
     for piece in streamer:
@@ -89,7 +99,36 @@ def reply(model, tokenizer, messages: list[dict[str, str]], args: argparse.Names
         printer.write(piece)
     thread.join()
     printer.end()
+    if failure:
+        error = failure[0]
+        raise TrlmError(
+            f"generation failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        )
     return text
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Generation settings that would fail inside the generation thread, refused before it starts."""
+    if args.max_new_tokens < 1:
+        raise TrlmError(f"--max-new-tokens {args.max_new_tokens}: it must be >= 1")
+    if args.sample and not (args.temperature > 0 and math.isfinite(args.temperature)):
+        raise TrlmError(f"--temperature {args.temperature}: sampling needs a finite temperature > 0")
+
+
+def load_chat_model(directory: Path):
+    """The model and tokenizer of a model directory; one that does not load is one line naming it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    except Exception as error:  # truncated weights, a garbage config: transformers' and safetensors' own errors
+        said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrlmError(
+            f"{directory} does not load as a model ({type(error).__name__}: {said}): is it complete?"
+        ) from None
+    return model, tokenizer
 
 
 def chat_command(argv: list[str]) -> int:
@@ -101,19 +140,16 @@ def chat_command(argv: list[str]) -> int:
     parser.add_argument("--sample", action="store_true", help="sample (default: greedy)")
     parser.add_argument("--temperature", type=float, default=0.7)
     args = parser.parse_args(argv)
+    check_options(args)
     directory = model_dir(args.model)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from trlm.chat_template import chatml_template
 
     hf_logging.disable_progress_bar()  # the conversation is the output
-
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model, tokenizer = load_chat_model(directory)
     if not tokenizer.chat_template:  # a base model without one: trlm's ChatML
         tokenizer.chat_template = chatml_template("You are a helpful AI assistant.", generation_markers=False)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     messages = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:
         reply(model, tokenizer, [*messages, {"role": "user", "content": args.prompt}], args)

@@ -143,13 +143,26 @@ def hydra_command(task: Callable[[], object]) -> Callable[[list[str]], int]:
     return run
 
 
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
+
+
+def interrupted() -> None:
+    """Ctrl-C: one line, not a traceback. What was being written is whole or not there (atomic writes);
+    a run's lock is released on the way out, and the same command resumes from the last checkpoint."""
+    print("trlm: interrupted; run the same command again to resume (from the last complete checkpoint)",
+          file=sys.stderr, flush=True)  # fmt: skip
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
 def train_main() -> None:
     """`python train.py ...`."""
     try:
         check_choices(sys.argv[1:])
+        train_task()
     except TrlmError as error:
         refuse(error)
-    train_task()
+    except KeyboardInterrupt:
+        interrupted()
 
 
 def lazy(module: str, function: str, logs: bool = False) -> Callable[[list[str]], int]:
@@ -211,6 +224,8 @@ def main() -> None:
         raise SystemExit(COMMANDS[command].run(rest))
     except TrlmError as error:
         raise SystemExit(report(error)) from None
+    except KeyboardInterrupt:
+        interrupted()
 
 
 if __name__ == "__main__":

@@ -126,7 +126,14 @@ def compare(patterns: list[str], out: str | None = None) -> Path:
     folders = expand(patterns)
     runs = find_runs(folders)
     target = out_dir(folders, out)
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / ".trlm-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:  # a file in the way, a read-only folder
+        raise TrlmError(f"cannot write the comparison to {target} ({error.strerror}): give --out DIR, a folder "
+                        "trlm can write") from None  # fmt: skip
     sections = []
     for stage, group in by_stage(runs).items():
         header, rows = stage_table(group)

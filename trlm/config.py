@@ -207,6 +207,9 @@ class DataConfig:
     # dropped by validation are replaced by the next ones); false: exactly the first `entries` rows.
     fill: bool = setting(True, "read past a cap until `entries` valid rows are kept")
     dedup: bool = setting(False, "drop exact duplicate rows (after normalisation)")
+    # One huge row (a 200 MB source line) would pass preparation, then blow up training's memory.
+    max_row_chars: int = setting(1_000_000, "rows of more message characters are dropped at preparation (counted)",
+                                 COUNT)  # fmt: skip
     seed: int = setting(42, "the blend's shuffle (and random sampling)", NON_NEGATIVE)
     shard_threshold: int = setting(50_000, "a blend of more rows is written as parquet shards", COUNT)
     shard_rows: int = setting(5_000, "rows per parquet shard", COUNT)

@@ -49,9 +49,10 @@ class FileLock:
 
     def holder(self) -> dict | None:
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
+            holder = json.loads(self.path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError):  # missing, cut short, or not UTF-8
             return None
+        return holder if isinstance(holder, dict) else None
 
     def _stale(self, holder: dict | None) -> bool:
         if holder is None:  # being written this instant, or cut short: give its writer a moment

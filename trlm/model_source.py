@@ -33,10 +33,17 @@ def looks_like_path(name: str) -> bool:
 
 
 def check_model_dir(path: Path, given: str) -> None:
-    if (path / "config.json").exists():
-        return
-    hint = f"; its finished model is {path / 'final'}" if (path / "final" / "config.json").exists() else ""
-    raise TrlmError(f"{given} is not a model directory (no config.json in {path}){hint}")
+    config = path / "config.json"
+    if not config.exists():
+        hint = f"; its finished model is {path / 'final'}" if (path / "final" / "config.json").exists() else ""
+        raise TrlmError(f"{given} is not a model directory (no config.json in {path}){hint}")
+    try:
+        readable = isinstance(json.loads(config.read_bytes().decode("utf-8")), dict)
+    except (OSError, ValueError):
+        readable = False
+    if not readable:
+        raise TrlmError(f"{given} is not a usable model directory: {config} is not a JSON object (cut short or "
+                        "overwritten?)")  # fmt: skip
 
 
 def resolve_pretrained(name_or_path: str, revision: str | None = None, fallback: Path | None = None) -> str:

@@ -7,6 +7,8 @@ business; this module loads it, and builds the tiny demo model when that is the 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -14,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from trlm.chat_template import IM_END, THINK_TOKENS, chatml_template
 from trlm.config import HardwareConfig, ModelConfig, StageConfig, TinyModelConfig
+from trlm.errors import TrlmError
 from trlm.fsutil import atomic_dir
 from trlm.lineage import StartPoint
 from trlm.locks import FileLock
@@ -42,14 +45,26 @@ def attention_implementation(hardware: HardwareConfig) -> str:
     return "sdpa"
 
 
+@contextmanager
+def loading(source: str, what: str) -> Iterator[None]:
+    """A model directory that does not load (a garbage config, truncated weights) is one line naming it."""
+    try:
+        yield
+    except Exception as error:  # transformers', safetensors' and tokenizers' own errors vary
+        said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrlmError(f"{source}: its {what} does not load ({type(error).__name__}: {said}); is the model directory "
+                        "complete? (a run's finished model is its final/)") from None  # fmt: skip
+
+
 def load_model(
     source: str, tokenizer: PreTrainedTokenizerBase, hardware: HardwareConfig, new_token_init: str = "random"
 ) -> torch.nn.Module:
     """The causal LM at `source`, its embeddings grown to the tokenizer when tokens were added."""
     # fp32 master weights: bf16/fp16 presets train in autocast mixed precision.
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=torch.float32, attn_implementation=attention_implementation(hardware)
-    )
+    with loading(source, "model"):
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch.float32, attn_implementation=attention_implementation(hardware)
+        )
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=new_token_init == "mean")
     for config in (model.config, model.generation_config):
@@ -103,4 +118,6 @@ def build_tiny_model(tiny: TinyModelConfig, target: Path) -> None:
 
 
 def load_tokenizer(source: str, stage: StageConfig) -> PreTrainedTokenizerBase:
-    return stage_tokenizer(AutoTokenizer.from_pretrained(source), stage)
+    with loading(source, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    return stage_tokenizer(tokenizer, stage)

@@ -142,11 +142,12 @@ def token_counts(rows: list[dict[str, Any]], kind: DataKind, tokenizer: Any, sys
 
 def prepared_rows(plan: StagePlan) -> list[dict[str, Any]] | None:
     """The prepared blend's training rows (held-out ones left out, as training does), or None."""
-    from trlm.data.prepare import prepared_blend
+    from trlm.data.prepare import prepared_blend, verify_prepared
 
     prepared = prepared_blend(plan.data, plan.blends_dir)
     if prepared is None:
         return None
+    verify_prepared(prepared)
     rows: list[dict[str, Any]] = []
     for file in prepared.files:
         if file.suffix == ".parquet":

@@ -61,6 +61,7 @@ class PreemptionCheckpoint(TrainerCallback):
             self.stopped = True
             self.checkpoint = f"{args.output_dir}/checkpoint-{state.global_step}"
             control.should_save = True
+            control.should_log = True  # the losses up to the checkpoint all logged (trlm/resume.py)
             control.should_training_stop = True
 
     def hand_over(self) -> None:

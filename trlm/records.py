@@ -23,8 +23,8 @@ class JsonRecord:
     @classmethod
     def load(cls, path: Path) -> Self | None:
         try:
-            payload = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            payload = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError):  # missing, torn, or not UTF-8
             return None
         if not isinstance(payload, dict):
             return None
@@ -109,6 +109,7 @@ class BlendMetadata(JsonRecord):
     files: list[str]
     sources: list[SourceCounts]
     repaired: dict[str, int] = field(default_factory=dict)
+    file_sha256: dict[str, str] = field(default_factory=dict)  # each written file's bytes (older blends: none)
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceCounts) else SourceCounts(**s) for s in self.sources]
@@ -118,7 +119,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The complete JSON lines of a file; a line cut short by a crash (or any unreadable line) is skipped."""
     rows = []
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()  # a bad byte spoils its line only
     except OSError:
         return []
     for line in lines:

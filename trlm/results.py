@@ -28,14 +28,22 @@ LEGEND = (
 )
 
 
+def run_name(path: Path, root: Path) -> str:
+    return str(path.parent.relative_to(root)) if path.parent != root else root.name
+
+
+def unreadable_runs(root: Path) -> list[str]:
+    """Runs below `root` whose summary.json cannot be read (cut short, not UTF-8, not trlm's)."""
+    return sorted(run_name(path, root) for path in root.rglob(SUMMARY) if Summary.load(path) is None)
+
+
 def finished_runs(root: Path) -> list[tuple[str, Summary]]:
     """(name relative to `root`, summary) of each finished run below it, in pipeline order."""
     found = []
     for path in root.rglob(SUMMARY):
         summary = Summary.load(path)
         if summary is not None and summary.status == "completed":
-            name = str(path.parent.relative_to(root)) if path.parent != root else root.name
-            found.append((name, summary))
+            found.append((run_name(path, root), summary))
 
     def order(item: tuple[str, Summary]) -> tuple:
         name, summary = item
@@ -68,7 +76,10 @@ def results_command(args: list[str]) -> int:
 
 
 def print_results(root: Path) -> int:
-    rows = finished_runs(root)
+    rows, unreadable = finished_runs(root), unreadable_runs(root)
+    for name in unreadable:  # listed, not hidden: the run's command finishes it again from its checkpoints
+        print(f"{name}: {SUMMARY} is unreadable; run that stage's command again to finish the run from its "
+              "last checkpoint (no step is trained again)")  # fmt: skip
     if not rows:
         print(f"no finished run under {root} (a finished run has {SUMMARY})")
         return 1

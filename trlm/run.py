@@ -27,7 +27,7 @@ from datasets import DatasetDict
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 
 from trlm import tracking
-from trlm.callbacks import CheckpointMarker, MetricsLog, TrialReporter, WandbRecord
+from trlm.callbacks import CheckpointMarker, DivergenceGuard, MetricsLog, TrainingDiverged, TrialReporter, WandbRecord
 from trlm.chat_template import chatml_template
 from trlm.config import Accelerator, Precision, TrainerKind
 from trlm.data.blend import apply_length_policy, load_blend
@@ -36,13 +36,14 @@ from trlm.errors import Problem, Problems, TrlmError
 from trlm.evaluation import generation_eval
 from trlm.export import make_portable
 from trlm.fingerprint import differences, fingerprint, with_data
-from trlm.fsutil import atomic_dir
+from trlm.fsutil import atomic_dir, disk_space
 from trlm.lineage import StartPoint
 from trlm.locks import FileLock
 from trlm.modeling import attention_implementation, load_model, load_tokenizer, start_model_dir
 from trlm.padding_free import attention_for_padding_free, keep_rows_apart, make_padding_free
 from trlm.preemption import PreemptionCheckpoint
 from trlm.records import RunRecord, Summary
+from trlm.resume import finish_from_checkpoint, training_done, whole_run_loss
 from trlm.run_dir import (
     FINAL,
     LOCK,
@@ -80,6 +81,20 @@ def runtime_problems(plan: StagePlan) -> list[Problem]:
 
         found += unknown_tasks(tasks, task_manager())
     return found
+
+
+@contextmanager
+def bars_closed_on_error(trainer: Trainer):
+    """A run that stops on an error closes the Trainer's progress bar first, so that the error's line
+    is the terminal's last, not overdrawn by the bar's."""
+    try:
+        yield
+    except BaseException:
+        for callback in trainer.callback_handler.callbacks:
+            bar = getattr(callback, "training_bar", None)
+            if bar is not None:
+                bar.close()
+        raise
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -124,10 +139,17 @@ def check_continuation(run_dir: Path, parts: dict[str, str]) -> None:
     )
 
 
+class RunLogHandler(logging.FileHandler):
+    """train.log's writer: a line it cannot write (a full disk) is lost quietly; the run says what went wrong."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 @contextmanager
 def run_log(run_dir: Path):
     """Appends this process's log lines to the run's train.log while it works on the run."""
-    handler = logging.FileHandler(run_dir / LOG_FILE)
+    handler = RunLogHandler(run_dir / LOG_FILE)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logging.getLogger().addHandler(handler)
     try:
@@ -285,7 +307,8 @@ def train_stage(plan: StagePlan, inputs: StageInputs, args: TrainingArguments) -
     tracking.configure(plan.tracking, run_dir, data["sha256"], git.get("sha"))
     reporter = TrialReporter(plan.trial) if plan.trial else None
     preemption = PreemptionCheckpoint()
-    callbacks = [MetricsLog(run_dir / METRICS), CheckpointMarker(), preemption, *([reporter] if reporter else [])]
+    callbacks = [MetricsLog(run_dir / METRICS), DivergenceGuard(), CheckpointMarker(), preemption,
+                 *([reporter] if reporter else [])]  # fmt: skip
     if plan.tracking.enabled:
         callbacks.append(WandbRecord(plan.config, data["sha256"], git.get("sha")))
     attention = attention_implementation(hardware)
@@ -304,22 +327,28 @@ def train_stage(plan: StagePlan, inputs: StageInputs, args: TrainingArguments) -
         before, _ = generation_eval(model, tokenizer, conversations, stage.evaluation, stage.think_tokens)
         metrics.update({f"start_{key}": value for key, value in before.items() if key != "eval_prompts"})
     metrics = broadcast_from_main(metrics)
-    if checkpoint:
-        log.info("resuming from %s", checkpoint)
-    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with disk_space(run_dir, "training (a checkpoint)"), bars_closed_on_error(trainer):
+        if checkpoint and training_done(checkpoint):  # nothing left to train: finish from it
+            trained = finish_from_checkpoint(trainer, checkpoint, run_dir / METRICS)
+        else:
+            if checkpoint:
+                log.info("resuming from %s", checkpoint)
+            trained = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None).metrics
     preemption.hand_over()  # stopped for a requeue: the requeued job finishes the run
     if world_size() > 1:  # every rank says what it ends with: DDP keeps them equal
         log.warning("rank %d/%d: final weights sha256 %s", rank(), world_size(), weights_digest(trainer.model))
 
-    metrics.update({**last_logged(trainer.state.log_history), **train_output.metrics})
-    metrics["train_loss"] = train_output.training_loss
+    metrics.update({**last_logged(trainer.state.log_history), **trained})
+    metrics["train_loss"] = whole_run_loss(trainer.state.log_history)  # every step's, across resumes
     evaluated, samples = evaluate_stage(trainer, plan, tokenizer, blend, conversations)
     metrics.update(evaluated)
-    final = save_final(trainer, tokenizer, plan)
+    with disk_space(run_dir, "saving the final model"):
+        final = save_final(trainer, tokenizer, plan)
     metrics.update(benchmarks(plan, final))
     value = objective(metrics, stage.objective.metric)
-    if not math.isfinite(value):
-        log.warning("objective %s is %s", stage.objective.metric, value)
+    if not math.isfinite(value):  # a diverged run is a failure, never a finished run to start from
+        raise TrainingDiverged(f"the objective {stage.objective.metric} is {value}: the run failed (no summary is "
+                               f"written; the next stage will not start from it)")  # fmt: skip
     pruned = bool(reporter and reporter.pruned)
     if is_main_process():
         if samples:

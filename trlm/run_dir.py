@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trlm.distributed import is_main_process
-from trlm.fsutil import atomic_write_text
+from trlm.fsutil import atomic_write_text, fsync_path, sha256_of
 from trlm.paths import PROJECT_ROOT
 from trlm.records import Summary
 
@@ -55,30 +55,57 @@ def checkpoint_step(path: Path) -> int:
         return -1
 
 
-def is_complete_checkpoint(path: Path) -> bool:
-    if not (path / COMPLETE_MARKER).exists():
-        return False
-    try:
-        json.loads((path / "trainer_state.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return True
+def mark_complete(path: Path, step: int) -> None:
+    """Marks a saved checkpoint complete: its files flushed to the disk first, then the marker, which
+    records each file's size and sha256 so that a resume can tell the files are the ones saved."""
+    files = {}
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER):
+        fsync_path(file)
+        files[str(file.relative_to(path))] = {"size": file.stat().st_size, "sha256": sha256_of(file)}
+    atomic_write_text(path / COMPLETE_MARKER, json.dumps({"step": step, "files": files}, indent=1) + "\n")
+
+
+def checkpoint_problem(path: Path, verify: bool = True) -> str | None:
+    """Why a checkpoint cannot be resumed from (None: it can). Without `verify`, the marker alone counts."""
+    marker = read_json(path / COMPLETE_MARKER)
+    if marker is None:
+        return "no completion marker: cut short while saving"
+    if read_json(path / "trainer_state.json") is None:
+        return "its trainer_state.json is unreadable"
+    for name, recorded in (marker.get("files") or {}).items() if verify else ():  # older markers: no files listed
+        file = path / name
+        if not file.is_file() or file.stat().st_size != recorded["size"]:
+            return f"{name} is missing or not the size it was saved at"
+        if sha256_of(file) != recorded["sha256"]:
+            return f"{name} does not match the sha256 it was saved with"
+    return None
 
 
 def latest_complete_checkpoint(checkpoints: Path, clean: bool = True) -> Path | None:
-    """The newest complete checkpoint; incomplete ones (a kill or a full disk mid-save) are skipped,
-    and with `clean` removed, so that TRL neither resumes from nor rotates around them."""
+    """The newest complete checkpoint whose files are the ones saved; others (a kill, a full disk or a
+    power loss mid-save, a file changed since) are skipped with a log line and, with `clean`, removed,
+    so that TRL neither resumes from nor rotates around them. Without `clean`: a look, by the marker."""
     if not checkpoints.is_dir():
         return None
     found = sorted(checkpoints.glob(f"{CHECKPOINT_PREFIX}-*"), key=checkpoint_step, reverse=True)
     for path in found:
-        if is_complete_checkpoint(path):
+        problem = checkpoint_problem(path, verify=clean)
+        if problem is None:
             return path
         if clean:  # the resume acting on it says so; a mere look (has_progress) stays quiet
-            log.warning("skipping incomplete checkpoint %s (cut short while saving)", path)
+            log.warning("skipping incomplete checkpoint %s: %s", path, problem)
             if is_main_process():
                 shutil.rmtree(path, ignore_errors=True)
     return None
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file, or None when it is missing, unreadable, not UTF-8 or not an object."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def git_state() -> dict[str, Any]:

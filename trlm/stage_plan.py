@@ -132,6 +132,7 @@ def trl_arguments(stage: StageConfig, hardware: HardwareConfig, run_dir: Path, r
         "logging_first_step": True,
         "save_total_limit": 2,
         "ddp_find_unused_parameters": False,  # every parameter takes part: skip DDP's extra graph walk
+        "logging_nan_inf_filter": False,  # a nan/inf step shows in its logged loss: a divergence fails the run
     }
     if evaluate_every:
         arguments.update(eval_strategy="steps", eval_steps=evaluate_every)

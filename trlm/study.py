@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import logging
 import math
+import os
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
     import optuna
     from optuna.distributions import BaseDistribution
 
+log = logging.getLogger(__name__)
 JOURNAL = "optuna.journal"
 RESULTS, TRIALS = "optimization_results.yaml", "trials.csv"
 
@@ -60,7 +66,48 @@ def open_storage(storage: str | None, sweep_dir: Path | None, parallel: bool) ->
         path.touch()
     except OSError as error:
         raise TrlmError(f"cannot write the study's journal {path} ({error.filename}: {error.strerror})") from None
+    repair_journal(path)
     return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+
+TAIL_BYTES = 1 << 20  # a journal record is far shorter: its last one lies in the file's last MiB
+
+
+def repair_journal(path: Path) -> Path | None:
+    """A journal whose last record was cut short (a crash or a full disk mid-write) is repaired: the file is
+    kept aside, the torn record cut off, and the study reads on. Under the journal's own lock, so a record
+    being written right now is never taken for a torn one. Returns where the torn journal was kept."""
+    from optuna.storages.journal import JournalFileOpenLock
+
+    if path.stat().st_size == 0:
+        return None
+    lock = JournalFileOpenLock(str(path))
+    lock.acquire()
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            handle.seek(max(0, size - TAIL_BYTES))
+            tail = handle.read()
+        body = tail[:-1] if tail.endswith(b"\n") else tail
+        start = body.rfind(b"\n") + 1
+        if tail.endswith(b"\n"):
+            try:
+                json.loads(body[start:])
+                return None  # the last record is whole
+            except ValueError:
+                pass
+        cut = size - len(tail) + start
+        aside = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}")
+        shutil.copyfile(path, aside)
+        with path.open("r+b") as handle:
+            handle.truncate(cut)
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        lock.release()
+    log.warning("the study's journal %s ended in a record cut short (a crash or a full disk mid-write): the "
+                "journal is kept as %s, the torn record cut off; the study goes on", path, aside)  # fmt: skip
+    return aside
 
 
 def storage_url(storage: str | None, sweep_dir: Path) -> str:

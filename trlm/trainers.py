@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from trl import DPOTrainer
 
 from trlm.config import TrainerKind
-from trlm.fsutil import atomic_write_with
+from trlm.fsutil import atomic_write_text, atomic_write_with, disk_space, sha256_of
 from trlm.library_facts import load_class
 from trlm.padding_free import make_dpo_padding_free
 from trlm.stage_plan import StagePlan
@@ -65,15 +65,17 @@ class TrlmDPOTrainer(DPOTrainer):
         if self.ref_cache_dir is None:
             return super()._precompute_ref_logps(dataset, name, batch_size)
         path = self.ref_cache_dir / f"{self.ref_cache_key(dataset)}.pt"
-        if path.exists():
+        columns = cached_columns(path, len(dataset))
+        if columns is not None:
             log.info("reference log-probs of the %s rows from the cache %s", name, path)
-            columns = torch.load(path, weights_only=True)
             return concatenate_datasets([dataset, Dataset.from_dict(columns)], axis=1)
         computed = super()._precompute_ref_logps(dataset, name, batch_size)
         if self.accelerator.is_main_process:
             columns = {key: torch.tensor(computed[key]) for key in REF_COLUMNS}
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_with(path, lambda staging: torch.save(columns, staging))
+            with disk_space(path.parent, "caching the reference log-probs"):
+                atomic_write_with(path, lambda staging: torch.save(columns, staging))
+                atomic_write_text(path.with_suffix(".sha256"), sha256_of(path) + "\n")
         return computed
 
     def ref_cache_key(self, dataset: Dataset) -> str:
@@ -92,6 +94,24 @@ class TrlmDPOTrainer(DPOTrainer):
         return dataset.map(
             lambda row: {"prompt_ids": row["prompt_ids"][-keep:]}, desc=f"Truncating {dataset_name} prompts"
         )
+
+
+def cached_columns(path: Path, rows: int) -> dict[str, torch.Tensor] | None:
+    """A cache entry of reference log-probs, if it is whole: the sha256 written beside it matches, it
+    loads, and it has a value per row; else None (and the pass is computed again, said in the log)."""
+    if not path.exists():
+        return None
+    recorded = path.with_suffix(".sha256")
+    try:
+        if not recorded.exists() or recorded.read_text().strip() != sha256_of(path):
+            raise ValueError("its sha256 is not the one recorded beside it")
+        columns = torch.load(path, weights_only=True)
+        if sorted(columns) != sorted(REF_COLUMNS) or any(len(columns[key]) != rows for key in REF_COLUMNS):
+            raise ValueError(f"it does not hold {rows} rows of {', '.join(REF_COLUMNS)}")
+    except Exception as error:  # a torn or foreign file: torch's own errors vary
+        log.warning("reference log-prob cache entry %s is unusable (%s): computing it again", path, error)
+        return None
+    return columns
 
 
 def training_arguments(plan: StagePlan) -> TrainingArguments:

@@ -131,7 +131,7 @@ class TrlmOptunaSweeper(Sweeper):
         study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
-            sampler=self.sampler(),
+            sampler=self.sampler(self.trials_so_far(storage)),
             pruner=optuna.pruners.NopPruner(),  # the sweeper never prunes: the jobs do, with the configured pruner
             direction=direction,
             load_if_exists=True,
@@ -145,12 +145,22 @@ class TrlmOptunaSweeper(Sweeper):
         write_results(study, self.sweep_dir)
         self.report(failures)
 
-    def sampler(self) -> Any:
+    def trials_so_far(self, storage: Any) -> int:
+        try:
+            return len(storage.get_all_trials(storage.get_study_id_from_name(self.study_name), deepcopy=False))
+        except KeyError:  # a new study
+            return 0
+
+    def sampler(self, resumed_after: int = 0) -> Any:
+        """The configured sampler; resuming a study of N trials, seeded seed + N: a seeded sampler would
+        otherwise propose again, from its first draw, what the study's first trials already tried."""
         from hydra.utils import instantiate
 
         conf = OmegaConf.to_container(self.conf.sampler)
         if conf.get("_target_") == "optuna.samplers.TPESampler":
             conf.setdefault("constant_liar", True)
+        if resumed_after and conf.get("seed") is not None:
+            conf["seed"] += resumed_after
         return instantiate(conf)
 
     def split_arguments(self, arguments: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -101,3 +101,38 @@ def test_preference_length_is_the_longer_side(blend_cfg, tmp_path, tokenizer):
     blend, _ = load_blend(cfg, tmp_path / "blends")
     _, counts = apply_length_policy(blend, DataKind.preference, tokenizer, 200, TooLong.drop)
     assert counts == {"train": 1}
+
+
+@pytest.mark.parametrize("damage", ["rows cut", "cut mid-line", "bytes changed"])
+def test_a_damaged_prepared_blend_is_refused_naming_the_file_and_the_fix(blend_cfg, tmp_path, damage):
+    from trlm.data.prepare import prepare_blend
+
+    cfg = blend_cfg(name="t", kind="conversation", eval_size=5, sources=[{"name": conversations(tmp_path)}])
+    prepared = prepare_blend(cfg, tmp_path / "blends")
+    train = prepared.path / "train.jsonl"
+    data = train.read_bytes()
+    lines = data.splitlines(keepends=True)
+    train.write_bytes({"rows cut": b"".join(lines[:20]), "cut mid-line": data[: len(data) // 2],
+                       "bytes changed": data.replace(b"user", b"User", 1)}[damage])  # fmt: skip
+    with pytest.raises(
+        TrlmError, match=rf"{train} does not match the sha256 recorded when it was prepared.*rebuild=true"
+    ):
+        load_blend(cfg, tmp_path / "blends")
+
+
+def test_a_blend_prepared_before_file_hashes_is_checked_by_its_rows(blend_cfg, tmp_path):
+    import json
+
+    from trlm.data.prepare import METADATA, prepare_blend
+
+    cfg = blend_cfg(name="t", kind="conversation", sources=[{"name": conversations(tmp_path)}])
+    prepared = prepare_blend(cfg, tmp_path / "blends")
+    meta = json.loads((prepared.path / METADATA).read_text())
+    del meta["file_sha256"]  # as an older trlm wrote it
+    (prepared.path / METADATA).write_text(json.dumps(meta))
+    blend, provenance = load_blend(cfg, tmp_path / "blends")
+    assert len(blend["train"]) == 30 and provenance["sha256"] == meta["content_sha256"]  # the rows read: verified
+    train = prepared.path / "train.jsonl"
+    train.write_text("".join(train.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(TrlmError, match=r"the rows in .* do not match the sha256 recorded"):
+        load_blend(cfg, tmp_path / "blends")

@@ -231,3 +231,26 @@ def test_every_kept_row_is_written_once_in_a_seeded_order(fixture_sources, blend
     assert orders[0] == orders[1] and sorted(orders[0]) == sorted(orders[2]) and orders[0] != orders[2]
     sources = [name for name, _ in orders[0][:200]]
     assert len(set(sources)) == 2  # the two sources are interleaved, not concatenated
+
+
+def test_a_source_line_that_is_not_utf8_is_dropped_and_counted_like_a_malformed_one(blend_cfg, tmp_path, caplog):
+    from trlm.data.fixtures import smoltalk_row, write_jsonl
+
+    path = tmp_path / "conv.jsonl"
+    write_jsonl([smoltalk_row(i, think=False) for i in range(4)], path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([*lines[:2], b'{"messages": "\xff\xfe"}\n', *lines[2:]]))
+    meta = prepare_blend(blend_cfg(name="t", kind="conversation", sources=[{"name": str(path)}]), tmp_path).metadata
+    assert meta.total_entries == 4 and meta.dropped == {"malformed_json": 1}
+    assert f"{path} line 3 is not valid JSON (not UTF-8" in caplog.text
+
+
+def test_a_row_longer_than_the_limit_is_dropped_at_preparation_and_counted(blend_cfg, tmp_path):
+    from trlm.data.fixtures import smoltalk_row, write_jsonl
+
+    rows = [smoltalk_row(i, think=False) for i in range(5)]
+    rows[1]["messages"][1]["content"] = "x" * 5000  # one huge row (a 200 MB line would blow up training)
+    write_jsonl(rows, tmp_path / "conv.jsonl")
+    cfg = blend_cfg(name="t", kind="conversation", max_row_chars=2000, sources=[{"name": str(tmp_path / "conv.jsonl")}])
+    meta = prepare_blend(cfg, tmp_path).metadata
+    assert meta.total_entries == 4 and meta.dropped == {"row_too_long": 1}

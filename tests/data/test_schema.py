@@ -50,7 +50,13 @@ def test_an_empty_think_block_in_an_earlier_turn_is_removed_and_the_trace_after_
 
 
 def test_every_reason_is_exercised_by_the_fixtures():
-    assert set(DROP_REASONS) | set(REPAIRS) == {*CONVERSATION_BREAKS, *PREFERENCE_BREAKS, *LINE_BREAKS, "duplicate"}
+    assert set(DROP_REASONS) | set(REPAIRS) == {
+        *CONVERSATION_BREAKS,
+        *PREFERENCE_BREAKS,
+        *LINE_BREAKS,
+        "duplicate",
+        "row_too_long",
+    }
 
 
 def test_conversation_keeps_role_and_content_only():

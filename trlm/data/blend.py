@@ -17,13 +17,15 @@ from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
 from trlm.config import DataConfig, DataKind, TooLong
-from trlm.data.prepare import PreparedBlend, prepare_blend
+from trlm.data.prepare import PreparedBlend, prepare_blend, verify_prepared
 from trlm.errors import TrlmError
 
 log = logging.getLogger(__name__)
 
 
 def load_prepared(prepared: PreparedBlend) -> Dataset:
+    """The blend's rows, once its files are checked to be the ones prepared (`verify_prepared`)."""
+    verify_prepared(prepared)
     builder = "parquet" if prepared.metadata.format == "parquet" else "json"
     files = [str(f) for f in prepared.files]
     return datasets.load_dataset(builder, data_files=files, split="train")

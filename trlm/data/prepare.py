@@ -41,7 +41,7 @@ from trlm.data.card import dataset_card
 from trlm.data.schema import FEATURES, Dropped, normalise
 from trlm.data.sources import MalformedLine, is_local, local_identity, read_source
 from trlm.errors import TrlmError
-from trlm.fsutil import atomic_dir
+from trlm.fsutil import atomic_dir, disk_space, sha256_of
 from trlm.locks import FileLock
 from trlm.records import BlendMetadata, SourceCounts
 
@@ -90,6 +90,11 @@ def row_key(row: dict[str, Any]) -> int:
     return int.from_bytes(digest, "little")
 
 
+def message_chars(row: dict[str, Any]) -> int:
+    """The characters of a normalised row's message texts (a pair: both sides and the prompt)."""
+    return sum(len(m["content"]) for key in ("messages", "prompt", "chosen", "rejected") for m in row.get(key) or ())
+
+
 def source_rows(data: DataConfig, source: SourceConfig, ordinal: int, stats: SourceStats) -> Iterator[dict[str, Any]]:
     """The source's rows in the blend's schema (plus `_key` / `_source_ordinal`), counting drops by reason."""
     started = last_report = time.monotonic()
@@ -108,6 +113,8 @@ def source_rows(data: DataConfig, source: SourceConfig, ordinal: int, stats: Sou
         repairs: list[str] = []
         try:
             row = normalise(raw, data.kind, repairs)
+            if message_chars(row) > data.max_row_chars:
+                raise Dropped("row_too_long")
         except Dropped as dropped:
             stats.dropped[dropped.reason] += 1
             continue
@@ -222,6 +229,7 @@ def build(data: DataConfig, target: Path) -> PreparedBlend:
         shutil.rmtree(staging / "_shuffled")
         shutil.rmtree(staging / "_by_content", ignore_errors=True)
         metadata = blend_metadata(data, stats, files, content_hash, target.name)
+        metadata.file_sha256 = {name: sha256_of(staging / name) for name in files}
         metadata.save(staging / METADATA)
         (staging / CARD).write_text(dataset_card(metadata))
     return PreparedBlend(target, metadata)
@@ -272,6 +280,56 @@ def blend_metadata(
     )
 
 
+def row_lines(prepared: PreparedBlend) -> Iterator[bytes]:
+    """The blend's rows as the JSON lines its content sha256 was taken over, read back from its files."""
+    for file in prepared.files:
+        if file.suffix == ".parquet":
+            for row in pq.read_table(file).to_pylist():
+                yield json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
+        else:
+            with file.open("rb") as handle:
+                yield from (line.rstrip(b"\n") for line in handle)
+
+
+def verify_prepared(prepared: PreparedBlend) -> str:
+    """Checks the blend's files are the ones prepared; returns the sha256 of the rows they hold.
+
+    Each file against the sha256 recorded when it was written; a blend prepared before trlm recorded
+    them, against its content sha256, recomputed from the rows read back. A changed or cut file is
+    refused in one line, never loaded under the hash it was prepared with.
+    """
+    meta = prepared.metadata
+    fix = (f"prepare it again (`trlm prepare data=<this blend> rebuild=true`), or delete {prepared.path} and "
+           "training prepares it anew")  # fmt: skip
+    for name in meta.files:
+        file = prepared.path / name
+        if not file.is_file():
+            raise TrlmError(f"blend {meta.name}: {file} is missing: {fix}")
+        if name in meta.file_sha256 and sha256_of(file) != meta.file_sha256[name]:
+            raise TrlmError(f"blend {meta.name}: {file} does not match the sha256 recorded when it was prepared "
+                            f"(changed or cut since): {fix}")  # fmt: skip
+    if set(meta.file_sha256) >= set(meta.files):
+        return meta.content_sha256
+    digest = hashlib.sha256()
+    try:
+        for line in row_lines(prepared):
+            digest.update(line)
+    except (OSError, pa.ArrowException) as error:
+        raise TrlmError(f"blend {meta.name}: its files cannot be read ({error}): {fix}") from None
+    if digest.hexdigest() != meta.content_sha256:
+        raise TrlmError(f"blend {meta.name}: the rows in {prepared.path} do not match the sha256 recorded when it "
+                        f"was prepared (changed or cut since): {fix}")  # fmt: skip
+    return meta.content_sha256
+
+
+def local_source_bytes(data: DataConfig) -> int | None:
+    """What a blend's local sources weigh: about what preparing it writes (spill, then the blend). None for Hub
+    sources, whose size is not known here."""
+    if not all(is_local(source) for source in data.sources):
+        return None
+    return sum(max(size, 0) for source in data.sources for _, size, _ in local_identity(source))
+
+
 def prepared_blend(data: DataConfig, blends_dir: Path) -> PreparedBlend | None:
     target = blend_dir(data, blends_dir)
     metadata = BlendMetadata.load(target / METADATA)
@@ -300,7 +358,8 @@ def prepare_blend(data: DataConfig, blends_dir: Path, rebuild: bool = False) -> 
             log.info("blend %s: reusing %s (prepared by another process)", data.name, found.path)
             return found
         log.info("blend %s: preparing %d source(s) into %s", data.name, len(data.sources), target)
-        prepared = build(data, target)
+        with disk_space(target.parent, f"preparing blend {data.name}", needed=local_source_bytes(data)):
+            prepared = build(data, target)
     meta = prepared.metadata
     log.info("blend %s: %d rows (%d read, dropped %s), sha256 %s", data.name, meta.total_entries,
              meta.total_read, meta.dropped or "none", meta.content_sha256[:12])  # fmt: skip

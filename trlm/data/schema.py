@@ -52,6 +52,7 @@ DROP_REASONS = (
     "no_shared_prompt",
     "chosen_equals_rejected",
     "duplicate",
+    "row_too_long",  # more characters than data.max_row_chars (a blend setting, so no fixture of its own)
 )
 # Every repair a row can get (counted per reason, like drops; a row may get several).
 REPAIRS = ("empty_system_removed", "empty_think_removed", "think_opening_restored")

@@ -41,9 +41,15 @@ class MalformedLine:
 
 
 def read_jsonl_rows(files: list[Path]) -> Iterator[dict[str, Any] | MalformedLine]:
+    """Each line's row; a line that is not UTF-8, not JSON or not an object is a `MalformedLine`."""
     for file in files:
-        with file.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
+        with file.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    yield MalformedLine(str(file), number, f"not UTF-8 ({error.reason} at byte {error.start})")
+                    continue
                 if not line.strip():
                     continue
                 try:
