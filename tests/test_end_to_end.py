@@ -82,6 +82,11 @@ def test_each_stage_leaves_a_complete_run_directory(stages, stage):
     assert summary.status == "completed" and summary.global_step == 4
     assert summary.data_sha256 == record.data["sha256"] and len(record.data["sha256"]) == 64
     assert record.versions["trl"] and "sha" in record.git
+    # the environment: Python, every dependency of trlm's (the extras installed too), the installed set's hash
+    assert record.python and len(record.environment_sha256) == 64
+    assert {"torch", "hydra-core", "omegaconf", "optuna", "submitit", "wandb", "lm-eval", "gguf"} <= set(
+        record.versions
+    )
     assert (
         record.global_batch
         == {"sft": 32, "sft_think": 32, "dpo": 16}[stage]

@@ -147,8 +147,8 @@ def test_a_preempted_trial_requeues_and_resumes_as_the_same_trial_losing_and_rep
     trial and the same W&B run; every optimizer step logged exactly once, in W&B too."""
     import json
 
+    from tests.wandb_offline import read_runs
     from trlm import tracking
-    from trlm.wandb_offline import read_runs
 
     code, stderr, job = start_and_signal(tmp_path, "demo/sweeps/lr/sft/0", "sweep=lr", "hydra.sweeper.n_trials=1",
                                          "hydra.sweeper.pruner=null", "tracking=wandb")  # fmt: skip

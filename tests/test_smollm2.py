@@ -124,3 +124,15 @@ def test_the_hub_preset_offline_falls_back_to_the_fetched_copy_saying_so(smollm2
     plan = plan_for("stage=sft", "model=smollm2_135m", "model.package.directory=/nonexistent")
     with pytest.raises(TrlmError, match="not in the local Hugging Face cache and the Hub is unreachable"):
         pretrained_dir(plan.model, plan.start)
+
+
+@pytest.mark.parametrize("kind", ["f16", "q8_0"])
+def test_the_real_model_exported_to_gguf_answers_like_itself(smollm2, tmp_path, kind):
+    from trlm.gguf_export import DEFAULT_PROMPTS, export_gguf, verify_gguf
+
+    _, directory = smollm2
+    exported = export_gguf(directory, tmp_path / f"smollm2-{kind}.gguf", kind)
+    check = verify_gguf(exported.path, directory, kind, list(DEFAULT_PROMPTS))
+    assert check.ok, str(check)
+    if kind == "f16":  # bf16 weights are f16 exactly: the file is the model
+        assert check.same_replies == check.prompts and check.max_logit_gap == 0

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from tests.wandb_offline import read_runs
 from trlm import tracking
 from trlm.errors import TrlmError
 from trlm.records import RunRecord, Summary, read_jsonl
-from trlm.wandb_offline import read_runs
 
 DUMMY_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, as a real key
 

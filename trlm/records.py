@@ -69,7 +69,9 @@ class RunRecord(JsonRecord):
     global_batch: int
     experiment: str | None = None
     git: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # every installed dependency of trlm's
+    python: str | None = None
+    environment_sha256: str | None = None  # of the installed distributions (name==version): same hash, same set
     sweep: str | None = None
     trial: str | None = None
     slurm_job_id: str | None = None  # the Slurm job that did (or last resumed) the work

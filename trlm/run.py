@@ -19,10 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
 import torch
-import transformers
-import trl
 from datasets import DatasetDict
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 
@@ -32,15 +29,16 @@ from trlm.chat_template import chatml_template
 from trlm.config import Accelerator, Precision, TrainerKind
 from trlm.data.blend import apply_length_policy, load_blend
 from trlm.distributed import broadcast_from_main, is_main_process, rank, visible_devices, world_size
+from trlm.environment import environment_record
 from trlm.errors import Problem, Problems, TrlmError
 from trlm.evaluation import generation_eval
-from trlm.export import make_portable
 from trlm.fingerprint import differences, fingerprint, with_data
 from trlm.fsutil import atomic_dir, disk_space
 from trlm.lineage import StartPoint
 from trlm.locks import FileLock
 from trlm.modeling import attention_implementation, load_model, load_tokenizer, start_model_dir
 from trlm.padding_free import attention_for_padding_free, keep_rows_apart, make_padding_free
+from trlm.portable import make_portable
 from trlm.preemption import PreemptionCheckpoint
 from trlm.records import RunRecord, Summary
 from trlm.resume import finish_from_checkpoint, training_done, whole_run_loss
@@ -178,7 +176,7 @@ def claim(run_dir: Path, parts: dict[str, str]) -> Summary | None:
 def save_final(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, plan: StagePlan) -> Path:
     """The final model + tokenizer, written under a temporary name and renamed when complete: in the
     preset's training precision (bf16 presets: bf16, as the reference saves), loadable by transformers
-    4.5x and 5.x, its chat template plain Jinja (trlm/export.py)."""
+    4.5x and 5.x, its chat template plain Jinja (trlm/portable.py)."""
     final = plan.run_dir / FINAL
     if plan.hardware.precision == Precision.bf16:  # the fp32 master weights are not needed any more
         trainer.model.to(torch.bfloat16)
@@ -280,7 +278,7 @@ def record_run(plan: StagePlan, inputs: StageInputs, git: dict[str, Any]) -> Non
         world_size=world_size(),
         global_batch=plan.global_batch,
         git=git,
-        versions={lib.__name__: lib.__version__ for lib in (torch, transformers, trl, datasets)},
+        **environment_record(),  # python, every dependency's version, the installed set's hash
         sweep=plan.run.sweep if plan.run.trial is not None else None,
         trial=plan.run.trial,
         slurm_job_id=os.environ.get("SLURM_JOB_ID"),

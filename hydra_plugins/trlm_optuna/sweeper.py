@@ -319,12 +319,16 @@ class TrlmOptunaSweeper(Sweeper):
 
     def run_trials(self) -> list[str]:
         """Keeps `n_jobs` trials in flight until the study holds `n_trials` (any state) or `max_failures` failed."""
+        from trlm.progress import progress_counter
         from trlm.study import write_results
 
         pending = self.stale_trials()
         failures: list[str] = []
         in_flight: dict[Future[Outcome], int] = {}
-        with ThreadPoolExecutor(max_workers=self.conf.n_jobs, thread_name_prefix="trial") as pool:
+        done = self.started() - len(pending)
+        trials = progress_counter(f"sweep {self.study_name}", total=self.conf.n_trials, unit="trial")
+        with ThreadPoolExecutor(max_workers=self.conf.n_jobs, thread_name_prefix="trial") as pool, trials as advance:
+            advance(done)
             while True:
                 refill = self.conf.asynchronous or not in_flight
                 while refill and len(in_flight) < self.conf.n_jobs and len(failures) < self.conf.max_failures:
@@ -343,6 +347,7 @@ class TrlmOptunaSweeper(Sweeper):
                     outcome = future.result()
                     if self.tell(outcome):
                         failures.append(f"trial {outcome.number}: {outcome.error}")
+                    advance(1)
                 write_results(self.study, self.sweep_dir)
 
     def report(self, failures: list[str]) -> None:

@@ -127,8 +127,11 @@ def test_card_describes_the_blend(fixture_sources, blend_cfg, tmp_path):
     card = (prepared.path / CARD).read_text()
     meta = BlendMetadata.load(prepared.path / METADATA)
     assert meta == prepared.metadata
-    assert card.startswith("---\ntags:\n- synthetic\n- conversation")
-    assert "language:\n- en" in card and "size_categories:\n- 1K<n<10K" in card
+    from huggingface_hub import DatasetCard
+
+    data = DatasetCard(card).data  # the front matter, as the Hub reads it
+    assert data.tags[:2] == ["synthetic", "conversation"] and data.language == ["en"]
+    assert data.size_categories == ["1K<n<10K"] and data.pretty_name == "org/fixture-sft"
     for source in meta.sources:
         assert f"| {source.name} | - | {source.split} |" in card
         assert f"{source.actual_entries:,}" in card

@@ -43,21 +43,17 @@ def reason_table(metadata: BlendMetadata, counts: str, none: str) -> str:
 
 
 def dataset_card(metadata: BlendMetadata) -> str:
-    tags = ["synthetic", *KIND_TAGS[metadata.kind], "trlm"]
-    front = "\n".join(
-        [
-            "---",
-            "tags:",
-            *(f"- {tag}" for tag in tags),
-            "language:",
-            "- en",
-            "size_categories:",
-            f"- {size_category(metadata.total_entries)}",
-            "---",
-        ]
-    )
-    return f"""{front}
+    """The blend's card, through huggingface_hub's `DatasetCard` (its front matter validated as the Hub reads it)."""
+    from huggingface_hub import DatasetCard, DatasetCardData
 
+    tags = ["synthetic", *KIND_TAGS[metadata.kind], "trlm"]
+    size = size_category(metadata.total_entries)
+    data = DatasetCardData(tags=tags, language=["en"], size_categories=[size], pretty_name=metadata.name)
+    return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n" + card_body(metadata)))
+
+
+def card_body(metadata: BlendMetadata) -> str:
+    return f"""
 # {metadata.name}
 
 {metadata.description}

@@ -25,7 +25,7 @@ import re
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,11 +43,11 @@ from trlm.data.sources import MalformedLine, is_local, local_identity, read_sour
 from trlm.errors import TrlmError
 from trlm.fsutil import atomic_dir, disk_space, sha256_of
 from trlm.locks import FileLock
+from trlm.progress import progress_counter
 from trlm.records import BlendMetadata, SourceCounts
 
 log = logging.getLogger(__name__)
 METADATA, CARD = "metadata.json", "README.md"
-PROGRESS_EVERY_S = 5.0
 MAX_REPORTED_LINES = 10  # malformed lines named one by one in the log; the rest are counted
 
 
@@ -97,10 +97,24 @@ def message_chars(row: dict[str, Any]) -> int:
 
 def source_rows(data: DataConfig, source: SourceConfig, ordinal: int, stats: SourceStats) -> Iterator[dict[str, Any]]:
     """The source's rows in the blend's schema (plus `_key` / `_source_ordinal`), counting drops by reason."""
-    started = last_report = time.monotonic()
+    started = time.monotonic()
     label = f"{source.name}" + (f" [{source.subset}/{source.split}]" if source.subset else f" [{source.split}]")
     fill = data.fill and data.sampling == Sampling.first and source.entries is not None
     read_as = dataclasses.replace(source, entries=None) if fill else source  # read on until `entries` are kept
+    with progress_counter(f"reading {label}", total=source.entries, unit="row") as advance:
+        yield from kept_rows(data, source, ordinal, stats, read_as, fill, advance)
+    elapsed = max(time.monotonic() - started, 1e-9)
+    log.info("%s: %d rows read, %d kept, %d dropped, %d repaired, %.0f rows/s", label, stats.read, stats.kept,
+             stats.read - stats.kept, sum(stats.repaired.values()), stats.read / elapsed)  # fmt: skip
+    if fill and stats.kept < source.entries:
+        log.warning("%s RAN OUT: %d valid rows of the %d requested (%d read, dropped %s); the blend is smaller "
+                    "than its config says", label, stats.kept, source.entries, stats.read,
+                    dict(stats.dropped) or "none")  # fmt: skip
+
+
+def kept_rows(data: DataConfig, source: SourceConfig, ordinal: int, stats: SourceStats, read_as: SourceConfig,
+              fill: bool, advance: Callable[..., None]) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """The rows of a source that pass the checks (repaired where they can be), counted in `stats`."""
     for index, raw in read_source(read_as, data.sampling, data.seed):
         if fill and stats.kept == source.entries:
             break
@@ -120,6 +134,7 @@ def source_rows(data: DataConfig, source: SourceConfig, ordinal: int, stats: Sou
             continue
         stats.repaired.update(repairs)
         stats.kept += 1
+        advance(1)
         yield {
             **row,
             "_source_dataset": source.name,
@@ -129,17 +144,6 @@ def source_rows(data: DataConfig, source: SourceConfig, ordinal: int, stats: Sou
             "_key": row_key(row) if data.dedup else 0,
             "_source_ordinal": ordinal,
         }
-        if (now := time.monotonic()) - last_report > PROGRESS_EVERY_S:
-            log.info("%s: %d rows read, %d kept, %.0f rows/s", label, stats.read, stats.kept,
-                     stats.read / (now - started))  # fmt: skip
-            last_report = now
-    elapsed = max(time.monotonic() - started, 1e-9)
-    log.info("%s: %d rows read, %d kept, %d dropped, %d repaired, %.0f rows/s", label, stats.read, stats.kept,
-             stats.read - stats.kept, sum(stats.repaired.values()), stats.read / elapsed)  # fmt: skip
-    if fill and stats.kept < source.entries:
-        log.warning("%s RAN OUT: %d valid rows of the %d requested (%d read, dropped %s); the blend is smaller "
-                    "than its config says", label, stats.kept, source.entries, stats.read,
-                    dict(stats.dropped) or "none")  # fmt: skip
 
 
 def spill_rows(data: DataConfig, staging: Path, stats: list[SourceStats]) -> tuple[BucketSpill, int]:

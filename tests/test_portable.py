@@ -14,8 +14,8 @@ from transformers import AutoTokenizer
 
 from trlm.chat_template import chatml_template
 from trlm.demo.tokenizer import train_demo_tokenizer
-from trlm.export import make_portable
 from trlm.paths import PROJECT_ROOT
+from trlm.portable import make_portable
 
 OLD_TRANSFORMERS = "transformers>=4.50,<4.58"  # the reference's line, and lm-eval / serving setups'
 CHAT = [{"role": "user", "content": "2 + 3?"}, {"role": "assistant", "content": "<think>\n5\n</think>\n5"}]
