@@ -1,4 +1,4 @@
-"""trlm's entry point: `python train.py stage=<sft|sft_think|dpo> [experiment=demo] [hardware=...]`."""
+"""trlm's entry point: `python train.py stage=<sft|sft_think|dpo|grpo> [experiment=demo] [hardware=...]`."""
 
 from trlm.cli import train_main
 

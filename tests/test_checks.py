@@ -23,7 +23,7 @@ def said(found) -> str:
     [
         (["stage=sft", "stage.recipe.loss_type=apo_zero"], "nll, dft, chunked_nll"),  # TRL's own choices
         (["stage=dpo", "stage.recipe.loss_type=dft"], "apo_zero"),
-        (["stage=sft", "stage.recipe.beta=0.1"], "beta applies to dpo stages only"),
+        (["stage=sft", "stage.recipe.beta=0.1"], "beta applies to dpo / grpo stages only"),
         (["stage=dpo", "stage.recipe.packing=true"], "packing applies to sft stages only"),
         (["stage=sft", "stage.max_prompt_length=64"], "max_prompt_length applies to dpo stages only"),
         (["stage=dpo", "stage.assistant_only_loss=true"], "assistant_only_loss applies to sft stages only"),
@@ -69,6 +69,19 @@ def said(found) -> str:
         (["stage=dpo", "data=demo/sft"], "needs a preference blend"),
         (["tracking.report_to=[tensorbored]"], "wandb"),
         (["model=tiny_llama", "model.path=some/model"], "exactly one of"),
+        (["experiment=demo", "stage=grpo", "stage.rewards=[]"], "is empty: a GRPO stage needs at least one reward"),
+        (["experiment=demo", "stage=grpo", "stage.rewards=[{name: acc}]"], "choose one of: answer_correct"),
+        (["experiment=demo", "stage=grpo", "stage.recipe.num_generations=5"], "must divide the batch of completions"),
+        (["experiment=demo", "stage=grpo", "+stage.extra_args.use_vllm=true"], "vLLM, which needs a GPU"),
+        (["stage=sft", "stage.recipe.num_generations=4"], "num_generations applies to grpo stages only"),
+        (["stage=sft", "stage.rewards=[{name: think_format}]"], "rewards applies to grpo stages only"),
+        (["stage=grpo", "data=report/dpo"], "needs a verifiable blend"),
+        (
+            ["experiment=demo", "stage=grpo", "stage.objective.metric=rewards/answer_corect/mean"],
+            "did you mean rewards/answer_correct/mean",
+        ),
+        (["experiment=demo", "peft=lora", "peft.r=0"], "peft.r=0 is out of range"),
+        (["stage=dpo", "stage.recipe.beta=0"], "beta=0.0 is out of range for a DPO stage"),
     ],
 )
 def test_bad_values_name_the_key_and_the_choices(compose_cfg, overrides, needle):
@@ -78,8 +91,9 @@ def test_bad_values_name_the_key_and_the_choices(compose_cfg, overrides, needle)
 
 def test_the_report_and_demo_configs_pass(compose_cfg):
     for experiment in ("report", "demo", "smollm2_demo"):
-        for stage in ("sft", "sft_think", "dpo"):
+        for stage in ("sft", "sft_think", "dpo", "grpo"):
             assert problems(compose_cfg(f"experiment={experiment}", f"stage={stage}")) == []
+            assert problems(compose_cfg(f"experiment={experiment}", f"stage={stage}", "peft=lora")) == []
 
 
 def test_three_independent_mistakes_are_three_problems(compose_cfg):

@@ -51,7 +51,7 @@ def test_composition_errors(train_in_process, tmp_path, args, needle):
         (["stage.recipe.learning_rate=-1"], "stage.recipe.learning_rate=-1.0 is out of range"),
         (["data.sources.0.entries=-3"], "data.sources.0.entries=-3 is out of range"),
         (["stage.system_prompt=???"], "stage.system_prompt must be set"),
-        (["data=nope"], "data=nope is not a blend; choose one of: demo/dpo, demo/sft"),
+        (["data=nope"], "data=nope is not a blend; choose one of: demo/dpo, demo/grpo, demo/sft"),
         (["hardware=mi300x"], "needs a CUDA/ROCm GPU"),
         (["hardware.precision=bf16"], "bf16 on CPU"),
         (["model.path=/no/such/model", "model.tiny=null"], "model directory /no/such/model does not exist"),

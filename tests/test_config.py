@@ -8,7 +8,6 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from trlm.config import TrainerKind
 from trlm.errors import TrlmError
 from trlm.paths import CONF_DIR
 from trlm.trainer_kinds import TRAINERS
@@ -35,7 +34,7 @@ REPORT = {
 
 
 def test_groups_have_the_options_the_brief_names():
-    assert {"sft", "sft_think", "dpo"} <= set(STAGES)
+    assert {"sft", "sft_think", "dpo", "grpo"} <= set(STAGES)
     assert {"cpu", "cuda", "mi300x", "mi300x_node"} <= set(HARDWARE)
     assert {"report", "demo"} <= set(EXPERIMENTS)
 
@@ -47,8 +46,7 @@ def test_every_combination_composes_and_resolves(compose_cfg, stage, hardware, e
     assert cfg.stage.name == stage
     assert cfg.hardware.name == hardware
     assert cfg.run.name == experiment
-    expected_kind = "preference" if cfg.stage.trainer == TrainerKind.dpo else "conversation"
-    assert cfg.data.kind.value == expected_kind
+    assert cfg.data.kind == TRAINERS[cfg.stage.trainer].data_kind  # each stage's blend is its trainer's kind
 
 
 @pytest.mark.parametrize("stage", sorted(REPORT))
@@ -80,20 +78,26 @@ def test_demo_changes_model_data_and_recipe_but_keeps_the_schedule_shape(compose
     assert demo.stage.recipe.loss_type == report.stage.recipe.loss_type == "apo_zero"
 
 
-def test_recipe_keys_are_trl_arguments():
+@pytest.mark.parametrize("stage", STAGES)
+def test_recipe_keys_are_trl_arguments(stage):
     from trlm.library_facts import library_facts
 
-    for kind in TRAINERS:
-        recipe_keys = set(REPORT["dpo" if kind == TrainerKind.dpo else "sft"])
-        assert recipe_keys <= library_facts().config_fields[kind.value]
+    preset = OmegaConf.load(CONF_DIR / "stage" / f"{stage}.yaml")
+    assert set(preset.recipe) <= library_facts().config_fields[preset.trainer]
 
 
 def test_the_tiny_tokenizer_learns_every_stages_system_prompt(compose_cfg):
     texts = compose_cfg("experiment=demo").model.tiny.tokenizer_texts
-    assert sorted(texts) == sorted(compose_cfg(f"stage={stage}").stage.system_prompt for stage in STAGES)
+    assert sorted(texts) == sorted({compose_cfg(f"stage={stage}").stage.system_prompt for stage in STAGES})
 
 
-@pytest.mark.parametrize("stage", STAGES)
+def test_the_report_grpo_stage_maximises_greedy_accuracy_on_gsm8ks_test_split(compose_cfg):
+    cfg = compose_cfg("stage=grpo")
+    assert cfg.stage.objective.metric == "answer_accuracy" and cfg.stage.objective.direction.value == "maximize"
+    assert [s.split for s in cfg.data.eval_sources] == ["test"] and [s.split for s in cfg.data.sources] == ["train"]
+
+
+@pytest.mark.parametrize("stage", ["sft", "sft_think", "dpo"])
 def test_report_objectives_are_evaluation_figures(compose_cfg, stage):
     cfg = compose_cfg(f"stage={stage}")
     assert cfg.stage.objective.metric.startswith("eval_")

@@ -162,7 +162,7 @@ def test_two_workers_share_one_study(tmp_path):
         (["stage.recipe.lerning_rate=interval(1e-5,1e-3)"], "stage.recipe.lerning_rate is not a setting"),
         (["hydra.sweeper.storage=/dev/null/study.journal"], "cannot write the study's journal"),
         (["stage.objective.metric=answer_accuracy"], "needs stage.evaluation.generate=true"),
-        (["sweep=dpo_beta"], "stage.recipe.beta applies to dpo stages only"),
+        (["sweep=dpo_beta"], "stage.recipe.beta applies to dpo / grpo stages only"),
         (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0 is out of range: it must be >= 1"),
         (["hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs=0 is out of range: it must be >= 1"),
         (["hydra.sweeper.report_every=0"], "hydra.sweeper.report_every=0.0 is out of range: it must be > 0"),

@@ -126,9 +126,9 @@ def test_a_pipeline_plan_lists_the_stages_in_lineage_order_and_what_it_cannot_es
     plan_command(["pipeline", "experiment=demo", f"paths.output_root={tmp_path}"])  # no blend prepared there
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if line.startswith("== ")] == [
-        "== sft", "== sft_think", "== dpo",
+        "== sft", "== sft_think", "== dpo", "== grpo",
         "== pipeline: one stage after the other on this machine; training time unknown"]  # fmt: skip
-    assert out.count("is not prepared yet") == 3
+    assert out.count("is not prepared yet") == 4
 
 
 @pytest.mark.slow
@@ -146,7 +146,7 @@ def test_a_pipeline_plan_adds_up_the_stages_it_can_estimate(tmp_path, capsys):
     total = capsys.readouterr().out.splitlines()[-1]
     assert (
         total == f"== pipeline: one stage after the other on this machine; ~{minutes(sum(estimates))} of training "
-        "(and sft_think: unknown)"
+        "(and sft_think, grpo: unknown)"
     )
 
 

@@ -21,9 +21,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trlm import layout
-from trlm.config import Range, RecipeConfig, StageConfig
+from trlm.config import Range, RecipeConfig, StageConfig, TrainerKind
 from trlm.errors import Problem
 from trlm.library_facts import library_facts
+from trlm.rewards import REWARDS, reward_problems
 from trlm.scoring import REPLY_METRICS
 from trlm.trainer_kinds import TRAINERS, kinds_taking
 
@@ -31,8 +32,14 @@ TRACKERS = ("none", "wandb")
 WANDB_MODES = ("online", "offline", "disabled", "shared")
 MUST_BE_SET = "must be set (it is ??? in the composed config)"
 DOCUMENT_ATTENTION = "trlm_documents"  # trlm's own (trlm/padding_free.py), chosen by hardware.padding_free
-STAGE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(StageConfig)}
-RECIPE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RecipeConfig)}
+
+
+def defaults(schema: type) -> dict[str, Any]:
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(schema)}  # fmt: skip
+
+
+STAGE_DEFAULTS, RECIPE_DEFAULTS = defaults(StageConfig), defaults(RecipeConfig)
 
 Check = Callable[[DictConfig], Iterator[Problem]]
 
@@ -42,8 +49,9 @@ def problems(cfg: DictConfig) -> list[Problem]:
     found = [*missing_values(cfg), *unknown_keys(cfg), *out_of_range(cfg)]
     if any(problem.rule == MUST_BE_SET for problem in found):
         return found  # the other checks read every value
-    checks: tuple[Check, ...] = (run_settings, stage_settings, model_settings, hardware_settings, tracking_settings,
-                                 data_settings, objective_settings, trial_settings)  # fmt: skip
+    checks: tuple[Check, ...] = (run_settings, stage_settings, grpo_settings, peft_settings, model_settings,
+                                 hardware_settings, tracking_settings, data_settings, objective_settings,
+                                 trial_settings)  # fmt: skip
     for check in checks:
         found.extend(check(cfg))
     return found
@@ -141,6 +149,41 @@ def stage_settings(cfg: DictConfig) -> Iterator[Problem]:
         yield Problem("stage.extra_args", f"names {unknown}, which are not arguments of {config_class}")
 
 
+def grpo_settings(cfg: DictConfig) -> Iterator[Problem]:
+    """A GRPO stage's rewards exist, and its batch splits into whole groups of completions. (beta admits 0
+    for GRPO's sake — no KL term — but DPO's loss divides by nothing without it.)"""
+    stage, recipe = cfg.stage, cfg.stage.recipe
+    if stage.trainer == TrainerKind.dpo and recipe.beta is not None and recipe.beta <= 0:
+        yield Problem("stage.recipe.beta", "is out of range for a DPO stage: it must be > 0", str(recipe.beta))
+    if stage.trainer != TrainerKind.grpo:
+        return
+    names = [reward.name for reward in stage.rewards]
+    if not names:
+        yield Problem("stage.rewards", "is empty: a GRPO stage needs at least one reward",
+                      hint=f"e.g. [{{name: answer_correct}}]; the rewards: {', '.join(REWARDS)}")  # fmt: skip
+    yield from reward_problems(names)
+    group = recipe.num_generations or 8  # TRL's default
+    hardware = cfg.hardware
+    batch = recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps * hardware.devices_per_node * (
+        hardware.num_nodes)  # fmt: skip
+    if group >= 2 and batch % group:
+        yield Problem("stage.recipe.num_generations", f"must divide the batch of completions a step ({batch}: "
+                      "per_device_train_batch_size x gradient_accumulation_steps x ranks)", str(group))  # fmt: skip
+    if stage.extra_args.get("use_vllm"):
+        if cfg.hardware.accelerator.value == "cpu":
+            yield Problem("stage.extra_args.use_vllm", "generates through vLLM, which needs a GPU", "true",
+                          f"hardware={cfg.hardware.name} is a CPU preset: leave use_vllm out here")  # fmt: skip
+        elif importlib.util.find_spec("vllm") is None:
+            yield Problem("stage.extra_args.use_vllm", "generates through vLLM, which is not installed", "true",
+                          'pip install -e ".[vllm]"')  # fmt: skip
+
+
+def peft_settings(cfg: DictConfig) -> Iterator[Problem]:
+    if cfg.peft.method.value != "none" and importlib.util.find_spec("peft") is None:
+        yield Problem("peft", "trains low-rank adapters through the peft library, which is not installed",
+                      cfg.peft.method.value, "pip install peft")  # fmt: skip
+
+
 def model_settings(cfg: DictConfig) -> Iterator[Problem]:
     model = cfg.model
     if (model.path is None) == (model.tiny is None):
@@ -186,7 +229,7 @@ def objective_settings(cfg: DictConfig) -> Iterator[Problem]:
     """The objective must be a figure the stage computes, or a sweep would optimise nothing."""
     stage, data, metric = cfg.stage, cfg.data, cfg.stage.objective.metric
     key = "stage.objective.metric"
-    known = TRAINERS[stage.trainer].metrics
+    known = TRAINERS[stage.trainer].metrics_of([reward.name for reward in stage.rewards])
     if not metric.startswith("lm_eval/") and metric not in known:  # else found missing only after training
         close = difflib.get_close_matches(metric, known, n=1)
         examples = "one of its summary's metrics (eval_loss, train_loss, answer_accuracy, ...) or lm_eval/<task>/<m>"

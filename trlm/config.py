@@ -58,6 +58,7 @@ def setting(default: Any = MISSING, help: str = "", range: Range | None = None, 
 class TrainerKind(str, Enum):
     sft = "sft"
     dpo = "dpo"
+    grpo = "grpo"
 
 
 class Precision(str, Enum):
@@ -79,6 +80,7 @@ class Direction(str, Enum):
 class DataKind(str, Enum):
     conversation = "conversation"  # `messages`: [{role, content}, ...]
     preference = "preference"  # `prompt` / `chosen` / `rejected`: message lists
+    verifiable = "verifiable"  # `prompt`: message list, `answer`: the reference a reward checks replies against
 
 
 class Sampling(str, Enum):
@@ -115,7 +117,12 @@ class RecipeConfig:
     loss_type: str = setting("nll", "TRL's loss for the trainer kind (SFT: nll, dft, ...; DPO: sigmoid, apo_zero, ...)")
     max_length: int = setting(1024, "tokens a row is cut to (DPO: prompt + completion)", COUNT)
     neftune_noise_alpha: float | None = setting(None, "NEFTune noise on the embeddings; null: off", POSITIVE)
-    beta: float | None = setting(None, "DPO's KL strength (DPO stages only)", POSITIVE)
+    beta: float | None = setting(None, "DPO's / GRPO's KL strength (0 for GRPO: no reference model)",
+                                 NON_NEGATIVE)  # fmt: skip
+    # GRPO: each prompt's group of sampled completions, scored by stage.rewards.
+    num_generations: int | None = setting(None, "GRPO: completions sampled per prompt (the group)", Range(2))
+    max_completion_length: int | None = setting(None, "GRPO: tokens a sampled completion may have", COUNT)
+    temperature: float | None = setting(None, "GRPO: the sampling temperature of its completions", POSITIVE)
     save_steps: int = setting(500, "a checkpoint every N optimizer steps (and one at a preemption)", COUNT)
     gradient_checkpointing: bool = setting(True, "recompute activations in the backward pass: less memory")
     # Off, as the report: every row is its own sequence. On, rows are packed (bfd) into max_length
@@ -160,6 +167,32 @@ class ObjectiveConfig:
     direction: Direction = setting(Direction.minimize, "minimize or maximize")
 
 
+class PeftMethod(str, Enum):
+    none = "none"  # every weight trains (full fine-tuning)
+    lora = "lora"  # low-rank adapters (peft), merged into final/ at the end
+
+
+@dataclass
+class PeftConfig:
+    """Parameter-efficient training through the `peft` library: which method, and its adapters' shape."""
+
+    method: PeftMethod = setting(PeftMethod.none, "none (full fine-tuning) or lora")
+    r: int = setting(16, "LoRA rank", COUNT)
+    lora_alpha: float = setting(32.0, "LoRA scaling numerator (the update is scaled by alpha / r)", POSITIVE)
+    lora_dropout: float = setting(0.0, "dropout on the adapters' input", NON_NEGATIVE)
+    # LoRA Without Regret: adapters on every linear layer (MLPs included) match full fine-tuning best.
+    target_modules: list[str] = setting(help="modules that get adapters; [all-linear]: every linear layer",
+                                        factory=lambda: ["all-linear"])  # fmt: skip
+
+
+@dataclass
+class RewardConfig:
+    """One reward of a GRPO stage: a function of trlm's registry (trlm/rewards.py) and its weight."""
+
+    name: str = setting(MISSING, "a reward of trlm's registry (trlm/rewards.py)")
+    weight: float = setting(1.0, "its weight in the sum GRPO optimises")
+
+
 @dataclass
 class StageConfig:
     name: str = setting(MISSING, "the stage's name: its run directory outputs/<run.name>/<name>")
@@ -174,6 +207,7 @@ class StageConfig:
     recipe: RecipeConfig = setting(help="the optimisation recipe, in TRL's argument names", factory=RecipeConfig)
     extra_args: dict[str, Any] = setting(help="any other TRL config argument, checked against TRL's config",
                                          factory=dict)  # fmt: skip
+    rewards: list[RewardConfig] = setting(help="GRPO: the rewards its completions are scored by", factory=list)
     evaluation: EvalConfig = setting(help="what is measured on held-out rows after training", factory=EvalConfig)
     objective: ObjectiveConfig = setting(help="the figure a sweep optimises", factory=ObjectiveConfig)
 
@@ -341,6 +375,7 @@ class TrainConfig:
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
     hardware: HardwareConfig = MISSING
+    peft: PeftConfig = field(default_factory=PeftConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     optuna: OptunaTrialConfig = field(default_factory=OptunaTrialConfig)

@@ -16,13 +16,15 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from trlm.config import HardwareConfig, ModelConfig, RecipeConfig, StageConfig
+from trlm.config import HardwareConfig, ModelConfig, PeftConfig, PeftMethod, RecipeConfig, StageConfig
 
 # Recipe fields that do not change the weights (or enter through the global batch).
 NOT_WEIGHTS = ("save_steps", "logging_steps", "per_device_eval_batch_size", "gradient_checkpointing",
                "per_device_train_batch_size", "gradient_accumulation_steps", "precompute_ref_log_probs")  # fmt: skip
-# Stage keys, besides the recipe, that shape training.
+# Stage keys, besides the recipe, that shape training (GRPO's rewards too, where a stage has them).
 STAGE_KEYS = ("trainer", "think_tokens", "system_prompt", "assistant_only_loss", "max_prompt_length", "extra_args")
+# Recipe fields added with GRPO: hashed only when set, so that the fingerprints of earlier runs stand.
+ADDED = ("num_generations", "max_completion_length", "temperature")
 
 
 def digest(value: Any) -> str:
@@ -39,16 +41,22 @@ def global_batch(recipe: RecipeConfig, hardware: HardwareConfig) -> int:
     return recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps * ranks
 
 
-def base_parts(stage: StageConfig, model: ModelConfig, hardware: HardwareConfig, start: Any) -> dict[str, str]:
-    """The parts decided before any data is read: recipe, global batch, model, start point."""
+def base_parts(stage: StageConfig, model: ModelConfig, hardware: HardwareConfig, start: Any,
+               peft: PeftConfig | None = None) -> dict[str, str]:  # fmt: skip
+    """The parts decided before any data is read: recipe, global batch, model, start point, and LoRA's
+    adapters when the stage trains them (no part otherwise: fingerprints from before LoRA stand)."""
     spec = plain(stage)
-    recipe = {k: v for k, v in spec["recipe"].items() if k not in NOT_WEIGHTS}
-    return {
-        "recipe": digest({"recipe": recipe, **{k: spec[k] for k in STAGE_KEYS}}),
+    recipe = {k: v for k, v in spec["recipe"].items() if k not in NOT_WEIGHTS and not (k in ADDED and v is None)}
+    keys = {k: spec[k] for k in STAGE_KEYS} | ({"rewards": spec["rewards"]} if spec["rewards"] else {})
+    parts = {
+        "recipe": digest({"recipe": recipe, **keys}),
         "global_batch": str(global_batch(stage.recipe, hardware)),
         "model": digest(plain(model)),
         "start": digest(start.record()),
     }
+    if peft is not None and peft.method != PeftMethod.none:
+        parts["peft"] = digest(plain(peft))
+    return parts
 
 
 def with_data(parts: dict[str, str], data: dict[str, Any]) -> dict[str, str]:

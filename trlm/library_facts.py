@@ -49,11 +49,16 @@ def load_class(path: str) -> type:
 
 
 def loss_types_of(config_class: type) -> tuple[str, ...]:
-    """`loss_type`'s allowed values from TRL's field metadata: its `choices`, else the names its help lists."""
+    """`loss_type`'s allowed values from TRL's field metadata: its `choices`, else the names its help lists
+    (`'x'` in backticks, or quoted in its "Supported values are ..." sentence)."""
     metadata = next(f.metadata for f in dataclasses.fields(config_class) if f.name == "loss_type")
     if "choices" in metadata:
         return tuple(metadata["choices"])
-    return tuple(dict.fromkeys(re.findall(r"`'(\w+)'`", metadata.get("help", ""))))
+    said = metadata.get("help", "")
+    named = re.findall(r"`'(\w+)'`", said)
+    if not named and (listing := re.search(r"(?:Supported|Possible) values are ([^.]*)\.", said)):
+        named = re.findall(r"'(\w+)'", listing[1])
+    return tuple(dict.fromkeys(named))
 
 
 def read_facts() -> dict:

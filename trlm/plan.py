@@ -80,6 +80,7 @@ class Workload:
     tokens: int | None  # their tokens as the stage renders them (a pair: both sides), each capped at max_length
     steps: int  # optimizer steps
     trained_tokens: int | None  # tokens the steps go through (a max_steps run may not read every row)
+    generated_tokens: int = 0  # GRPO: completion tokens sampled before the steps train on them (at most)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,8 @@ def token_counts(rows: list[dict[str, Any]], kind: DataKind, tokenizer: Any, sys
 
     if kind == DataKind.conversation:
         return counted([row["messages"] for row in rows])
+    if kind == DataKind.verifiable:  # the prompt only: the completions are sampled (Workload.generated_tokens)
+        return counted([row["prompt"] for row in rows])
     sides = [counted([row["prompt"] + row[side] for row in rows]) for side in ("chosen", "rejected")]
     return [chosen + rejected for chosen, rejected in zip(*sides, strict=True)]
 
@@ -162,19 +165,26 @@ def prepared_rows(plan: StagePlan) -> list[dict[str, Any]] | None:
 
 
 def workload(plan: StagePlan) -> Workload | None:
-    """Rows, tokens and steps of a stage on its prepared blend; None when the blend is not prepared."""
+    """Rows, tokens and steps of a stage on its prepared blend; None when the blend is not prepared.
+
+    A GRPO step trains on `global_batch` completions, `num_generations` for each of its prompts: each
+    prompt is sampled that many times, and every completion is up to `max_completion_length` tokens.
+    """
     rows = prepared_rows(plan)
     if rows is None:
         return None
     recipe, batch = plan.stage.recipe, plan.global_batch
-    steps = recipe.max_steps if recipe.max_steps > 0 else math.ceil(len(rows) / batch * recipe.num_train_epochs)
+    group = recipe.num_generations if plan.data.kind == DataKind.verifiable else 1
+    steps = recipe.max_steps if recipe.max_steps > 0 else math.ceil(len(rows) * group / batch * recipe.num_train_epochs)
+    completion = recipe.max_completion_length if group > 1 else 0
+    generated = steps * batch * completion
     try:
         tokenizer = base_tokenizer(plan)
     except TrlmError:  # the base model is not here (the Hub): rows and steps still stand
-        return Workload(len(rows), None, steps, None)
+        return Workload(len(rows), None, steps, None, generated)
     lengths = token_counts(rows, plan.data.kind, tokenizer, plan.stage.system_prompt, recipe.max_length)
-    per_row = sum(lengths) / len(lengths)
-    return Workload(len(rows), sum(lengths), steps, round(steps * batch * per_row))
+    per_row = sum(lengths) / len(lengths) + completion
+    return Workload(len(rows), sum(lengths), steps, round(steps * batch * per_row), generated)
 
 
 @dataclass(frozen=True)
@@ -219,7 +229,16 @@ def recorded_throughput(plan: StagePlan, bench_dir: Path | None = None) -> Throu
 
 # A DPO step runs chosen and rejected rows forward and backward, as SFT does its rows, plus the reference
 # model's forward over them (at each step, or once before training): ~1/3 of a training pass more.
+# GRPO with a KL term (beta > 0) runs the reference over its completions the same way.
 REFERENCE_PASS = 4 / 3
+# A sampled token costs a forward pass of its own (one token per sequence at a time): a third of a trained
+# token's arithmetic, but memory-bound rather than compute-bound, so counted here at a trained token's time.
+GENERATED_TOKEN_COST = 1.0
+
+
+def reference_pass(plan: StagePlan) -> float:
+    trainer = plan.stage.trainer.value
+    return REFERENCE_PASS if trainer == "dpo" or (trainer == "grpo" and plan.stage.recipe.beta > 0) else 1.0
 
 
 def describe_workload(plan: StagePlan) -> tuple[list[str], Estimate | None]:
@@ -229,16 +248,24 @@ def describe_workload(plan: StagePlan) -> tuple[list[str], Estimate | None]:
         return [f"blend {plan.data.name} is not prepared yet (`trlm prepare data={plan.data_choice}`): rows, "
                 "tokens, time unknown"], None  # fmt: skip
     tokens = "tokens unknown (the base model is not here)" if work.tokens is None else f"{work.tokens:,} tokens"
-    sides = " (chosen + rejected)" if plan.data.kind == DataKind.preference and work.tokens is not None else ""
-    lines = [f"{work.rows:,} training rows, {tokens}{sides}; {work.steps:,} optimizer steps"]
+    sides = {DataKind.preference: " (chosen + rejected)", DataKind.verifiable: " (prompts)"}.get(plan.data.kind, "")
+    lines = [f"{work.rows:,} training rows, {tokens}{sides if work.tokens is not None else ''}; "
+             f"{work.steps:,} optimizer steps"]  # fmt: skip
+    if work.generated_tokens:
+        recipe = plan.stage.recipe
+        lines.append(f"generation: {work.steps * plan.global_batch:,} completions ({recipe.num_generations} a prompt) "
+                     f"of up to {recipe.max_completion_length} tokens: {work.generated_tokens:,} sampled tokens "
+                     "at most, then trained on with their prompts")  # fmt: skip
     throughput, ranks = recorded_throughput(plan), plan.ranks
     if work.trained_tokens is None or throughput is None:
         lines.append(f"time: unknown (no benchmark figure for {plan.hardware.name}/{plan.model.name} in docs/bench)")
         return lines, None
-    reference = REFERENCE_PASS if plan.stage.trainer.value == "dpo" else 1.0
-    estimate = Estimate(work.trained_tokens * reference / (throughput.tokens_per_s * ranks), ranks)
+    reference = reference_pass(plan)
+    cost = work.trained_tokens * reference + work.generated_tokens * GENERATED_TOKEN_COST
+    estimate = Estimate(cost / (throughput.tokens_per_s * ranks), ranks)
     hours = f", {estimate.device_hours:.2f} GPU-hours" if plan.hardware.accelerator.value != "cpu" else ""
     extra = " + the reference forward" if reference != 1.0 else ""
+    extra += " + sampling, a token at a trained token's time" if work.generated_tokens else ""
     lines.append(f"time: ~{minutes(estimate.seconds)} of training on {ranks} device(s){hours} "
                  f"(at {throughput.tokens_per_s:,.0f} tokens/s per device, {throughput.source}{extra})")  # fmt: skip
     return lines, estimate

@@ -24,11 +24,10 @@ from omegaconf import OmegaConf
 from trlm.errors import TrlmError
 from trlm.fsutil import atomic_write_text
 from trlm.records import RunRecord, Summary
-from trlm.run_dir import FINAL, RUN_RECORD, SUMMARY, is_finished
+from trlm.run_dir import ADAPTER, FINAL, RUN_RECORD, SUMMARY, is_finished
 
 PUSHED = "push.json"  # {repo, url, revision}: where this run's model went
 PREVIEW = "push"  # --dry-run: the card and the file list, here in the run directory
-ADAPTER = "adapter"  # a LoRA stage's adapter, beside final/ (uploaded as a folder of its own)
 
 
 def pushed_repo(run_dir: Path) -> str | None:

@@ -74,6 +74,7 @@ class RunRecord(JsonRecord):
     environment_sha256: str | None = None  # of the installed distributions (name==version): same hash, same set
     sweep: str | None = None
     trial: str | None = None
+    peft: dict[str, Any] | None = None  # LoRA's settings, when the stage trained adapters
     slurm_job_id: str | None = None  # the Slurm job that did (or last resumed) the work
     slurm_node: str | None = None  # rank 0's node in that job
     devices: str | None = None  # the GPUs Slurm bound to rank 0's task (its *_VISIBLE_DEVICES)

@@ -32,7 +32,7 @@ from trlm.distributed import broadcast_from_main, is_main_process, rank, visible
 from trlm.environment import environment_record
 from trlm.errors import Problem, Problems, TrlmError
 from trlm.evaluation import generation_eval
-from trlm.fingerprint import differences, fingerprint, with_data
+from trlm.fingerprint import differences, fingerprint, plain, with_data
 from trlm.fsutil import atomic_dir, disk_space
 from trlm.lineage import StartPoint
 from trlm.locks import FileLock
@@ -43,6 +43,7 @@ from trlm.preemption import PreemptionCheckpoint
 from trlm.records import RunRecord, Summary
 from trlm.resume import finish_from_checkpoint, training_done, whole_run_loss
 from trlm.run_dir import (
+    ADAPTER,
     FINAL,
     LOCK,
     LOG_FILE,
@@ -178,6 +179,11 @@ def save_final(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, plan: Stage
     preset's training precision (bf16 presets: bf16, as the reference saves), loadable by transformers
     4.5x and 5.x, its chat template plain Jinja (trlm/portable.py)."""
     final = plan.run_dir / FINAL
+    if plan.peft is not None:  # the adapter beside final/; final/ the merged model, portable as any
+        if is_main_process():
+            with atomic_dir(plan.run_dir / ADAPTER) as staging:
+                trainer.model.save_pretrained(str(staging))
+        trainer.model = trainer.model.merge_and_unload()
     if plan.hardware.precision == Precision.bf16:  # the fp32 master weights are not needed any more
         trainer.model.to(torch.bfloat16)
     with atomic_dir(final) if is_main_process() else nullcontext(final.with_name(FINAL + ".tmp")) as staging:
@@ -281,6 +287,7 @@ def record_run(plan: StagePlan, inputs: StageInputs, git: dict[str, Any]) -> Non
         **environment_record(),  # python, every dependency's version, the installed set's hash
         sweep=plan.run.sweep if plan.run.trial is not None else None,
         trial=plan.run.trial,
+        peft=plain(plan.peft) if plan.peft else None,
         slurm_job_id=os.environ.get("SLURM_JOB_ID"),
         slurm_node=os.environ.get("SLURMD_NODENAME"),
         devices=visible_devices(),

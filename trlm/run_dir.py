@@ -6,7 +6,8 @@
       train.log          the run's log lines (appended by each process that works on it)
       metrics.jsonl      one line per logged step (loss, lr, grad norm, accuracy, entropy, rewards)
       checkpoints/       TRL checkpoints; a complete one holds trlm's marker file
-      final/             the final model + tokenizer (`from_pretrained` loads it)
+      final/             the final model + tokenizer (`from_pretrained` loads it; a LoRA stage's merged)
+      adapter/           a LoRA stage's adapter alone (peft's `PeftModel.from_pretrained` loads it)
       eval_samples.jsonl sampled replies behind the generation metrics
       summary.json       final figures; written last, so its presence means "finished"
       .lock              while a process works on the run: its host and pid
@@ -32,6 +33,7 @@ from trlm.records import Summary
 
 SUMMARY, RUN_RECORD, METRICS, FINAL = "summary.json", "run.json", "metrics.jsonl", "final"
 CHECKPOINTS, LOCK, LOG_FILE = "checkpoints", ".lock", "train.log"
+ADAPTER = "adapter"  # a LoRA stage's adapter, beside final/ (which holds the merged model)
 COMPLETE_MARKER = "trlm_complete"  # written into a checkpoint once TRL has saved all of it
 CHECKPOINT_PREFIX = "checkpoint"  # transformers' PREFIX_CHECKPOINT_DIR: checkpoint-<step>
 

@@ -52,7 +52,7 @@ def load_run(path: Path, name: str) -> Run:
         name=name,
         path=path,
         stage=str(stage),
-        trainer=str(params.get("stage.trainer", "dpo" if stage == "dpo" else "sft")),
+        trainer=str(params.get("stage.trainer", stage if stage in ("dpo", "grpo") else "sft")),
         params=params,
         history=[row for row in read_jsonl(path / METRICS) if "step" in row],
         final=dict(summary.metrics) if summary else {},

@@ -28,6 +28,8 @@ from trlm.config import (
     DataConfig,
     HardwareConfig,
     ModelConfig,
+    PeftConfig,
+    PeftMethod,
     Precision,
     RunConfig,
     StageConfig,
@@ -65,6 +67,7 @@ class StagePlan:
     data_choice: str  # the data= option it came from (`trlm prepare data=<it>`)
     model: ModelConfig
     hardware: HardwareConfig
+    peft: PeftConfig | None  # LoRA's settings; None: every weight trains
     run: RunConfig
     experiment: str | None
     run_dir: Path
@@ -123,7 +126,8 @@ def trl_arguments(stage: StageConfig, hardware: HardwareConfig, run_dir: Path, r
     recipe = dataclasses.asdict(stage.recipe)
     arguments: dict[str, Any] = {
         **{k: v for k, v in recipe.items() if v is not None and k in fields},
-        **{k: getattr(stage, k) for k, to_config in TRAINERS[stage.trainer].stage_keys.items() if to_config},
+        **{k: getattr(stage, k) for k, goes in TRAINERS[stage.trainer].stage_keys.items() if goes == "config"},
+        **TRAINERS[stage.trainer].derived(stage),
         **hardware_arguments(hardware),
         "output_dir": str(run_dir / CHECKPOINTS),
         "run_name": run_name,
@@ -210,7 +214,7 @@ def plan_stage(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str
     stage, hardware = train.stage, train.hardware
     arguments = trl_arguments(stage, hardware, run_dir, f"{train.run.name}/{stage.name}", list(spec.report_to),
                               link.report_every if link else None)  # fmt: skip
-    own = {key: getattr(stage, key) for key, to_config in TRAINERS[stage.trainer].stage_keys.items() if not to_config}
+    own = {key: getattr(stage, key) for key, goes in TRAINERS[stage.trainer].stage_keys.items() if goes == "trainer"}
     config = without_hydra(cfg)
     return StagePlan(
         stage=stage,
@@ -218,6 +222,7 @@ def plan_stage(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str
         data_choice=cfg_choice(cfg, "data") or train.data.name,
         model=train.model,
         hardware=hardware,
+        peft=train.peft if train.peft.method != PeftMethod.none else None,
         run=train.run,
         experiment=train.experiment,
         run_dir=run_dir,
@@ -229,7 +234,7 @@ def plan_stage(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str
         training_args=arguments,
         trainer_args=own,
         global_batch=global_batch(stage.recipe, hardware),
-        fingerprint_parts=base_parts(stage, train.model, hardware, start),
+        fingerprint_parts=base_parts(stage, train.model, hardware, start, train.peft),
         tracking=spec,
         trial=link,
         overrides=tuple(overrides),

@@ -2,11 +2,12 @@
 
 The plan decided the trainer kind (`trlm/trainer_kinds.py`, the table of kinds) and its TRL
 arguments as plain data; this module turns them into TRL's config and trainer classes, and holds
-what trlm adds to TRL's DPO trainer.
+what trlm adds to TRL's DPO and GRPO trainers.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -16,9 +17,9 @@ from typing import Any
 import torch
 from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
-from trl import DPOTrainer
+from trl import DPOTrainer, GRPOTrainer
 
-from trlm.config import TrainerKind
+from trlm.config import PeftConfig
 from trlm.fsutil import atomic_write_text, atomic_write_with, disk_space, sha256_of
 from trlm.library_facts import load_class
 from trlm.padding_free import make_dpo_padding_free
@@ -132,6 +133,71 @@ def precompute_reference(setting: bool | None, args: TrainingArguments, train_ro
     return rows_read >= train_rows
 
 
+def added_token_ids(model: PreTrainedModel) -> list[int]:
+    """The ids of tokens this stage added to its start model: its embeddings grown past the saved config's
+    vocabulary (stage 2's think tokens, on a model without them)."""
+    from transformers import AutoConfig
+
+    saved = AutoConfig.from_pretrained(model.config._name_or_path).vocab_size
+    return list(range(saved, model.get_input_embeddings().num_embeddings))
+
+
+def lora_config(peft: PeftConfig, new_tokens: list[int]) -> Any:
+    """peft's LoraConfig from trlm's settings (`all-linear`: peft's own name for every linear layer).
+
+    Tokens the stage adds (stage 2's think tokens on a model without them) keep their initial embedding
+    rows: peft's trainable tokens would wrap the LM head, which TRL's fused LM head reads directly (its
+    `.weight` and `.bias`), so that stage fails in TRL 1.16. The adapters learn around the fixed rows;
+    `model.new_token_init=mean` starts them at the mean embedding rather than at random.
+    """
+    from peft import LoraConfig
+
+    if new_tokens:
+        log.warning("LoRA: the %d tokens this stage adds keep their initial embeddings (only adapters train; "
+                    "model.new_token_init=mean starts them at the mean embedding)", len(new_tokens))  # fmt: skip
+    targets = peft.target_modules
+    return LoraConfig(r=peft.r, lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, task_type="CAUSAL_LM",
+                      target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets))  # fmt: skip
+
+
+def dpo_extras(plan: StagePlan, args: TrainingArguments, train_rows: int, padding_free: tuple[str, str] | None,
+               tokenizer: PreTrainedTokenizerBase):  # fmt: skip
+    """No ref_model: TRL uses a frozen copy of the starting policy, as the report did (with LoRA: the base with
+    its adapters off). The reference pass precomputed when it pays, and shared through trlm's cache."""
+    args.precompute_ref_log_probs = precompute_reference(plan.stage.recipe.precompute_ref_log_probs, args, train_rows)
+    return {"ref_cache_dir": plan.cache_dir / "ref_logps", "padding_free": padding_free}
+
+
+class TrlmGRPOTrainer(GRPOTrainer):
+    """TRL's GRPO whose reference (beta > 0, no adapters) is the policy as the stage starts it. TRL builds the
+    reference again from the start model's path, which misses what the stage changed in memory: stage 2's
+    think tokens added to a model without them (`stage.previous=null` from a base model), whose ids the
+    reloaded reference cannot embed."""
+
+    def __init__(self, model: PreTrainedModel, *args: Any, **kwargs: Any) -> None:
+        config = kwargs["args"]
+        changed = bool(added_token_ids(model))
+        start = copy.deepcopy(model) if config.beta > 0 and not kwargs.get("peft_config") and changed else None
+        super().__init__(model, *args, **kwargs)
+        if start is not None:
+            from trl.trainer.grpo_trainer import add_fused_lm_head, disable_dropout_in_model
+
+            start.requires_grad_(False)
+            if config.disable_dropout:
+                disable_dropout_in_model(start)
+            add_fused_lm_head(start, temperature=self.temperature, cast_lm_head_to_fp32=config.cast_lm_head_to_fp32)
+            self.ref_model = self.accelerator.prepare_model(start.eval(), evaluation_mode=True)
+
+
+def grpo_extras(plan: StagePlan, args: TrainingArguments, train_rows: int, padding_free: tuple[str, str] | None,
+                tokenizer: PreTrainedTokenizerBase):  # fmt: skip
+    """The stage's rewards (trlm/rewards.py), scored as the stage's evaluation scores replies."""
+    from trlm.rewards import build_rewards
+
+    names = [reward.name for reward in plan.stage.rewards]
+    return {"reward_funcs": build_rewards(names, plan.stage.think_tokens, args.max_completion_length, tokenizer)}
+
+
 def build_trainer(
     plan: StagePlan,
     args: TrainingArguments,
@@ -142,12 +208,11 @@ def build_trainer(
     callbacks: list[TrainerCallback],
     padding_free: tuple[str, str] | None = None,
 ) -> Trainer:
-    # No ref_model for DPO: TRL uses a frozen copy of the starting policy, as the report did.
     own: dict[str, Any] = dict(plan.trainer_args)
-    if plan.stage.trainer == TrainerKind.dpo:
-        own.update(ref_cache_dir=plan.cache_dir / "ref_logps", padding_free=padding_free)
-        setting = plan.stage.recipe.precompute_ref_log_probs
-        args.precompute_ref_log_probs = precompute_reference(setting, args, len(train_dataset))
+    if plan.trainer.trainer_extras:
+        own.update(load_class(plan.trainer.trainer_extras)(plan, args, len(train_dataset), padding_free, tokenizer))
+    if plan.peft is not None:
+        own["peft_config"] = lora_config(plan.peft, added_token_ids(model))
     return load_class(plan.trainer.trainer_class)(
         model=model,
         args=args,

@@ -257,3 +257,30 @@ def test_a_row_longer_than_the_limit_is_dropped_at_preparation_and_counted(blend
     cfg = blend_cfg(name="t", kind="conversation", max_row_chars=2000, sources=[{"name": str(tmp_path / "conv.jsonl")}])
     meta = prepare_blend(cfg, tmp_path).metadata
     assert meta.total_entries == 4 and meta.dropped == {"row_too_long": 1}
+
+
+def test_a_verifiable_blend_of_gsm8k_rows_is_prepared_like_the_others(blend_cfg, tmp_path):
+    """The report's GRPO preset in miniature: GSM8K's train split renamed to `prompt`, its test split held out."""
+    from trlm.data.blend import load_blend
+    from trlm.data.fixtures import VERIFIABLE_BREAKS, gsm8k_row, sprinkle, write_jsonl
+
+    rows = [{"prompt": r["question"], "answer": r["answer"]} for r in map(gsm8k_row, range(120))]
+    injected = sprinkle(rows, VERIFIABLE_BREAKS, every=10)
+    source = [{"question": r["prompt"], "answer": r["answer"]} for r in rows]
+    write_jsonl(source, tmp_path / "train.jsonl")
+    write_jsonl([gsm8k_row(i) for i in range(1000, 1016)], tmp_path / "test.jsonl")
+    rename = {"question": "prompt"}
+    cfg = blend_cfg(name="org/fixture-gsm8k", kind="verifiable", dedup=True, eval_size=0,
+                    sources=[{"name": str(tmp_path / "train.jsonl"), "entries": 100, "rename_columns": rename}],
+                    eval_sources=[{"name": str(tmp_path / "test.jsonl"), "rename_columns": rename}])  # fmt: skip
+    blend, _ = load_blend(cfg, tmp_path / "blends")
+    train, held_out = blend["train"], blend["eval"]
+    prepared = prepare_blend(cfg, tmp_path / "blends")
+    (source,) = prepared.metadata.sources  # read on past 100 rows until 100 were valid; then deduplicated
+    assert prepared.metadata.dropped == expected_drops(injected, limit=source.read)
+    assert len(train) == 100 - prepared.metadata.dropped["duplicate"] == source.actual_entries
+    assert len(held_out) == 16 and {"prompt", "answer", "_source_index"} <= set(train.column_names)
+    assert all(a == str(i + 3) for a, i in zip(train["answer"], train["_source_index"], strict=True))
+    assert not set(train["answer"]) & set(held_out["answer"])  # the test split's answers are its own
+    card = (prepared.path / CARD).read_text()
+    assert "verifiable" in card and "no_answer" in card

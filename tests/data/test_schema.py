@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from trlm.config import DataKind
-from trlm.data.fixtures import CONVERSATION_BREAKS, LINE_BREAKS, PREFERENCE_BREAKS, olmo_row, smoltalk_row
+from trlm.data.fixtures import (
+    CONVERSATION_BREAKS,
+    LINE_BREAKS,
+    PREFERENCE_BREAKS,
+    VERIFIABLE_BREAKS,
+    gsm8k_row,
+    olmo_row,
+    smoltalk_row,
+)
 from trlm.data.schema import DROP_REASONS, REPAIRS, Dropped, normalise, think_problem
 
 CONVERSATION_DROPS = sorted(set(CONVERSATION_BREAKS) - set(REPAIRS))
@@ -24,6 +32,26 @@ def test_each_broken_pair_is_dropped_for_its_reason(reason):
     with pytest.raises(Dropped) as dropped:
         normalise(PREFERENCE_BREAKS[reason](olmo_row(1)), DataKind.preference)
     assert dropped.value.reason == reason
+
+
+def gsm8k_prompt_row(i: int) -> dict:
+    row = gsm8k_row(i)
+    return {"prompt": row.pop("question"), **row}  # the preset renames `question` to `prompt`
+
+
+@pytest.mark.parametrize("reason", sorted(VERIFIABLE_BREAKS))
+def test_each_broken_verifiable_row_is_dropped_for_its_reason(reason):
+    with pytest.raises(Dropped) as dropped:
+        normalise(VERIFIABLE_BREAKS[reason](gsm8k_prompt_row(1)), DataKind.verifiable)
+    assert dropped.value.reason == reason
+
+
+def test_verifiable_row_keeps_the_question_and_the_answer_after_the_gsm8k_marker():
+    out = normalise(gsm8k_prompt_row(4), DataKind.verifiable)
+    assert out["prompt"] == [{"role": "user", "content": gsm8k_row(4)["question"]}] and out["answer"] == "7"
+    # a conversation whose last turn is the reply: the reply is the reference's, not the prompt's
+    conversation = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]
+    assert normalise({"prompt": conversation, "answer": "2"}, DataKind.verifiable)["prompt"] == conversation[:1]
 
 
 @pytest.mark.parametrize("repair", sorted(REPAIRS))
@@ -53,6 +81,7 @@ def test_every_reason_is_exercised_by_the_fixtures():
     assert set(DROP_REASONS) | set(REPAIRS) == {
         *CONVERSATION_BREAKS,
         *PREFERENCE_BREAKS,
+        *VERIFIABLE_BREAKS,
         *LINE_BREAKS,
         "duplicate",
         "row_too_long",

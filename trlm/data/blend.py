@@ -95,6 +95,9 @@ def token_lengths(
     def lengths(batch: dict) -> dict:
         if kind == DataKind.conversation:
             return {"n": counted([tokenizer.apply_chat_template(m, tokenize=False) for m in batch["messages"]])}
+        if kind == DataKind.verifiable:  # the prompt a completion is sampled after
+            return {"n": counted([tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                                  for p in batch["prompt"]])}  # fmt: skip
         sides = [
             counted([tokenizer.apply_chat_template(prompt + reply, tokenize=False)
                      for prompt, reply in zip(batch["prompt"], batch[side], strict=True)])

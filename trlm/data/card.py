@@ -8,7 +8,16 @@ from trlm.errors import TrlmError
 from trlm.records import BlendMetadata
 
 SIZE_BUCKETS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
-KIND_TAGS = {"conversation": ["conversation", "instruction-following"], "preference": ["preference", "dpo"]}
+KIND_TAGS = {"conversation": ["conversation", "instruction-following"], "preference": ["preference", "dpo"],
+             "verifiable": ["math", "verifiable-answers", "grpo"]}  # fmt: skip
+
+
+ROW_SCHEMAS = {
+    "conversation": "Rows are `messages`: a list of `{role, content}`.",
+    "preference": "Rows are `prompt`, `chosen`, `rejected`: lists of `{role, content}`.",
+    "verifiable": "Rows are `prompt`, a list of `{role, content}` ending with the user's turn, and `answer`, the "
+    "reference a reward checks a reply against.",
+}
 
 
 def size_category(rows: int) -> str:
@@ -79,11 +88,7 @@ shuffled with seed {metadata.seed}. Config hash `{metadata.config_hash}`, conten
 
 Every row carries its provenance: `_source_dataset`, `_source_subset`, `_source_split` and
 `_source_index` (the row's position in its source), plus the upstream `source` tag where it had one.
-{
-        "Rows are `messages`: a list of `{role, content}`."
-        if metadata.kind == "conversation"
-        else "Rows are `prompt`, `chosen`, `rejected`: lists of `{role, content}`."
-    }
+{ROW_SCHEMAS[metadata.kind]}
 
 ## Usage
 

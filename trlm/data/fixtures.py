@@ -4,6 +4,8 @@
 - `smoltalk_think.parquet`: smoltalk2 rows whose replies carry `<think>` traces
 - `olmo_preference.jsonl`: OLMo preference-mix rows (`prompt` text, `chosen` / `rejected`
   conversations, `dataset`, `category`, `prompt_id`)
+- `gsm8k_row` / `VERIFIABLE_BREAKS`: GSM8K rows (`question`, `answer` ending in "#### <number>") for
+  `kind: verifiable` blends
 
 Every `every`-th row is broken in the next way of its kind's list, so each drop reason appears;
 `write_fixture_sources` returns where, so tests can check counts against what was injected.
@@ -89,6 +91,18 @@ PREFERENCE_BREAKS: dict[str, Callable[[Row], Row]] = {
     "empty_content": lambda r: _chosen_reply(r, ""),
     "think_unbalanced": lambda r: _chosen_reply(r, "<think> x"),
     "empty_think_removed": lambda r: _chosen_reply(r, "<think></think> A"),
+}
+
+
+def gsm8k_row(i: int) -> Row:
+    return {"question": f"Sam has {i} apples and buys 3 more. How many apples does Sam have?",
+            "answer": f"Sam has {i} + 3 = {i + 3} apples.\n#### {i + 3}"}  # fmt: skip
+
+
+VERIFIABLE_BREAKS: dict[str, Callable[[Row], Row]] = {  # rows with `prompt` (GSM8K's question, renamed)
+    "no_answer": lambda r: {**r, "answer": "Sam has some apples.\n#### "},
+    "not_a_conversation": lambda r: {**r, "prompt": [{"role": "assistant", "content": "no question"}]},
+    "think_outside_assistant": lambda r: {**r, "prompt": f"<think>plan</think> {r['prompt']}"},
 }
 
 

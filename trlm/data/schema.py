@@ -37,6 +37,7 @@ PROVENANCE = {
 FEATURES = {
     DataKind.conversation: Features({"messages": MESSAGES, **PROVENANCE}),
     DataKind.preference: Features({"prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES, **PROVENANCE}),
+    DataKind.verifiable: Features({"prompt": MESSAGES, "answer": Value("string"), **PROVENANCE}),
 }
 # Every reason a row can be dropped for (the first one a row hits is counted).
 DROP_REASONS = (
@@ -52,6 +53,7 @@ DROP_REASONS = (
     "no_shared_prompt",
     "chosen_equals_rejected",
     "duplicate",
+    "no_answer",
     "row_too_long",  # more characters than data.max_row_chars (a blend setting, so no fixture of its own)
 )
 # Every repair a row can get (counted per reason, like drops; a row may get several).
@@ -175,7 +177,28 @@ def normalise_preference(row: dict[str, Any], repairs: list[str]) -> dict[str, A
     return {"prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
 
 
-NORMALISERS = {DataKind.conversation: normalise_conversation, DataKind.preference: normalise_preference}
+GSM8K_ANSWER = "####"  # GSM8K-style references end in "#### <answer>" after their worked solution
+
+
+def normalise_verifiable(row: dict[str, Any], repairs: list[str]) -> dict[str, Any]:
+    """A prompt to answer (messages, or a plain question as one user turn) and the reference a reward checks
+    replies against (`answer`, or `solution`; a GSM8K-style answer keeps what follows its `####`)."""
+    raw = row.get("prompt")
+    prompt = messages_of([{"role": "user", "content": raw}] if isinstance(raw, str) else raw, repairs)
+    while prompt and prompt[-1]["role"] == "assistant":  # a reply in the prompt is the reference, not a prompt
+        prompt = prompt[:-1]
+    if not prompt or prompt[-1]["role"] != "user":
+        raise Dropped("not_a_conversation")
+    check_turns(prompt, need_assistant=False)
+    answer = row.get("answer", row.get("solution"))
+    answer = answer.rpartition(GSM8K_ANSWER)[2].strip() if isinstance(answer, str) else None
+    if not answer:
+        raise Dropped("no_answer")
+    return {"prompt": prompt, "answer": answer}
+
+
+NORMALISERS = {DataKind.conversation: normalise_conversation, DataKind.preference: normalise_preference,
+               DataKind.verifiable: normalise_verifiable}  # fmt: skip
 
 
 def normalise(row: dict[str, Any], kind: DataKind, repairs: list[str] | None = None) -> dict[str, Any]:

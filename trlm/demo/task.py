@@ -6,6 +6,8 @@ The three blends mirror the report's curriculum and the real sources' schemas:
   <think>...</think>, then "The answer is N."
 - stage 3 (OLMo preference rows): a correct, well-formed trace (chosen) against a trace with a
   slip, a missing or unclosed think block, or an answer that contradicts the trace (rejected).
+- stage 4 (prompts with verifiable answers, for GRPO): three-term chains in phrasings of their own,
+  the reference being the final answer a well-formed reply ends with ("The answer is N.").
 
 Every prompt appears once per blend, so the rows a blend holds out for evaluation are unseen.
 `python -m trlm.demo.task` rewrites the shipped JSONL files in trlm/demo/data from this code.
@@ -125,13 +127,35 @@ def preference_rows(rng: random.Random, count: int) -> list[dict[str, Any]]:
     return rows
 
 
+def prompts_of(rows: list[dict[str, Any]]) -> set[str]:
+    return {row["messages"][0]["content"] if "messages" in row else row["prompt"] for row in rows}
+
+
+def verifiable_rows(rng: random.Random, count: int, taken: set[str]) -> list[dict[str, Any]]:
+    """Stage 4's prompts and reference answers: three-term chains, the task stages 2 and 3 teach, each
+    phrased as no other blend phrases that chain (`taken`): no row of another stage, held-out ones
+    included, is a row of this one. (The tiny model answers only the phrasings it was taught.)"""
+    rows = []
+    for terms in _chains(rng, (3,), count):
+        _, total = worked_trace(terms)
+        expr = " + ".join(map(str, terms))
+        free = [prompt for prompt in (t.format(expr=expr) for t in _CHAIN_TEMPLATES) if prompt not in taken]
+        if free:
+            rows.append({"prompt": [{"role": "user", "content": rng.choice(free)}],
+                         "answer": f"The answer is {total}.", "source": SOURCE})  # fmt: skip
+    return rows
+
+
 def demo_blends(seed: int = 0) -> dict[str, list[dict[str, Any]]]:
     rng = random.Random(seed)
-    return {
+    blends = {
         "sft": fact_rows(),
         "sft_think": think_rows(rng, count=800),
         "dpo": preference_rows(rng, count=729),
     }
+    taken = prompts_of(blends["sft_think"]) | prompts_of(blends["dpo"])
+    blends["grpo"] = verifiable_rows(rng, count=729, taken=taken)  # drawn last: the other blends stay as they were
+    return blends
 
 
 def write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
