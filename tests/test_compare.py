@@ -48,6 +48,37 @@ def dpo_run(folder, steps=(1, 5, 10)):
     return folder
 
 
+GRPO_KEYS = (
+    "reward",
+    "reward_std",
+    "kl",
+    "completions/mean_length",
+    "clip_ratio/region_mean",
+    "loss",
+    *(f"rewards/{name}/{stat}" for name in ("answer_correct", "think_format") for stat in ("mean", "std")),
+)
+
+
+def grpo_run(folder, steps=(10, 20, 30)):
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"stage": {"name": "grpo", "trainer": "grpo"}}, folder / ".hydra/config.yaml")
+    rows = [{"step": s, **{key: 0.01 * s for key in GRPO_KEYS}} for s in steps]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_grpo_runs_get_the_reward_each_named_reward_kl_length_and_clipping_figures(tmp_path, capsys):
+    page = compare([str(grpo_run(tmp_path / "grpo_run"))], out=str(tmp_path / "report"))
+    figures = {p.name: drawn(p) for p in page.parent.glob("*.png")}
+    assert {"grpo-reward.png", "grpo-kl.png", "grpo-completions_mean_length.png", "grpo-clip_ratio_region_mean.png",
+            "grpo-reward_std.png", "grpo-loss.png"} <= set(figures)  # fmt: skip
+    means = figures["grpo-rewards_answer_correct_mean-rewards_think_format_mean.png"]
+    assert [line["label"] for line in means if line["alpha"] is None] == [
+        "grpo_run answer_correct", "grpo_run think_format"]  # fmt: skip
+    assert all(line["points"] == 3 for line in means)
+    assert "Stage 4 GRPO: each reward&#x27;s std" in page.read_text()  # HTML-escaped
+
+
 def drawn(png) -> list[dict]:
     """What a figure drew, from the text chunk trlm writes into the PNG (labels and points of its lines)."""
     return json.loads(Image.open(png).text["trlm"])

@@ -1,4 +1,4 @@
-"""`trlm pipeline`: the three stages in lineage order, locally and as Slurm jobs chained afterok."""
+"""`trlm pipeline`: the stages in lineage order (stages= to choose), locally and as Slurm jobs chained afterok."""
 
 from __future__ import annotations
 
@@ -21,7 +21,29 @@ def test_a_chosen_stage_is_refused_rather_than_ignored():
         pipeline_command(["experiment=demo", "stage=dpo"])
 
 
+def test_every_stage_of_the_chain_by_default_and_stages_chooses_some_in_lineage_order(tmp_path):
+    from trlm.pipeline import chosen_order, pipeline_plans
+
+    root = f"paths.output_root={tmp_path}"
+    assert chosen_order(["experiment=demo"]) == ["sft", "sft_think", "dpo", "grpo"]
+    assert chosen_order(["experiment=demo", "stages=dpo,sft,sft_think"]) == ["sft", "sft_think", "dpo"]
+    assert [p.stage.name for p in pipeline_plans(["experiment=demo", root, "stages=sft,sft_think"])] == [
+        "sft", "sft_think"]  # fmt: skip
+
+
+def test_stages_that_name_no_stage_or_start_from_nothing_are_refused(tmp_path):
+    from trlm.errors import Problems
+    from trlm.pipeline import pipeline_plans
+
+    root = f"paths.output_root={tmp_path}"
+    with pytest.raises(Problems, match="names no stage of the chain; choose among sft, sft_think, dpo, grpo"):
+        pipeline_plans(["experiment=demo", root, "stages=sft,rl"])
+    with pytest.raises(Problems, match="grpo starts from dpo, which is neither chosen nor finished"):
+        pipeline_plans(["experiment=demo", root, "stages=grpo"])
+
+
 FAST = (*QUICK, "stage.recipe.max_steps=2", "stage.evaluation.generate=false")
+FOUR = (*QUICK, "stage.recipe.max_steps=2")  # GRPO's objective is a figure of its replies: generation stays on
 
 
 def pipeline(tmp_path, *args):
@@ -32,14 +54,15 @@ def pipeline(tmp_path, *args):
 
 @pytest.mark.slow
 def test_the_stages_run_in_lineage_order_and_a_rerun_skips_them(tmp_path):
-    result = pipeline(tmp_path, *FAST)
+    result = pipeline(tmp_path, *FOUR)
     assert result.returncode == 0, result.stderr[-3000:]
     root = tmp_path / "outputs" / "demo"
     assert [line.split()[3] for line in result.stdout.splitlines() if line.startswith("pipeline: ")] == [
-        "stage=sft", "stage=sft_think", "stage=dpo"]  # fmt: skip
+        "stage=sft", "stage=sft_think", "stage=dpo", "stage=grpo"]  # fmt: skip
     assert RunRecord.load(root / "dpo" / "run.json").start["stage"] == "sft_think"
-    again = pipeline(tmp_path, *FAST)
-    assert again.returncode == 0 and (again.stdout + again.stderr).count("already finished") == 3
+    assert RunRecord.load(root / "grpo" / "run.json").start["stage"] == "dpo"
+    again = pipeline(tmp_path, *FOUR)
+    assert again.returncode == 0 and (again.stdout + again.stderr).count("already finished") == 4
 
 
 @pytest.mark.slow
@@ -54,7 +77,7 @@ def test_every_stage_is_planned_before_the_first_one_runs(tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_stage_stops_the_local_pipeline(tmp_path):
-    result = pipeline(tmp_path, *FAST, "run.init_from=/no/such/model")
+    result = pipeline(tmp_path, *FOUR, "run.init_from=/no/such/model")
     assert result.returncode == 2 and "stage sft failed; the stages after it were not run" in result.stderr
     assert not (tmp_path / "outputs" / "demo").exists()
 
@@ -83,7 +106,7 @@ def job_ids(output: str) -> list[str]:
 @requires_cluster
 @pytest.mark.slow
 def test_the_pipeline_as_slurm_jobs_chained_afterok(tmp_path):
-    result = pipeline(tmp_path, *FAST, "launcher=local_slurm")
+    result = pipeline(tmp_path, *FAST, "launcher=local_slurm", "stages=sft,sft_think,dpo")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = job_ids(result.stdout)
     assert len(jobs) == 3 and f"squeue -j {','.join(jobs)}" in result.stdout
@@ -91,14 +114,14 @@ def test_the_pipeline_as_slurm_jobs_chained_afterok(tmp_path):
     root = tmp_path / "outputs" / "demo"
     assert [RunRecord.load(root / s / "run.json").slurm_job_id for s in ("sft", "sft_think", "dpo")] == jobs
     assert Summary.load(root / "dpo" / "summary.json").global_step == 2
-    again = pipeline(tmp_path, *FAST, "launcher=local_slurm")
+    again = pipeline(tmp_path, *FAST, "launcher=local_slurm", "stages=sft,sft_think,dpo")
     assert again.returncode == 0 and job_ids(again.stdout) == [] and again.stdout.count("already finished") == 3
 
 
 @requires_cluster
 @pytest.mark.slow
 def test_a_failing_first_stage_leaves_the_others_never_run(tmp_path):
-    result = pipeline(tmp_path, *FAST, "launcher=local_slurm", "run.init_from=/no/such/model")
+    result = pipeline(tmp_path, *FAST, "launcher=local_slurm", "stages=sft,sft_think", "run.init_from=/no/such/model")
     assert result.returncode == 0, result.stderr[-3000:]  # submitted; the failure happens on the cluster
     first, *rest = wait_for(job_ids(result.stdout))
     assert first == "FAILED" and all(state.startswith("CANCELLED") for state in rest)

@@ -14,8 +14,25 @@ def test_stages_in_pipeline_order_with_missing_figures_dashed(tmp_path):
     assert [name for name, _ in rows] == ["sft", "dpo"]
     lines = format_table(rows).splitlines()
     assert lines[0].split()[:3] == ["run", "steps", "train"]
-    assert lines[1].split() == ["sft", "10", "1.250", "-", "-", "0.500", "-", "-", "-", "-"]
-    assert lines[2].split() == ["dpo", "10", "0.500", "-", "-", "-", "-", "-", "0.875", "-"]
+    assert lines[0].split() == ["run", "steps", "train", "loss", "acc", "reward", "acc"]  # columns some run has
+    assert lines[1].split() == ["sft", "10", "1.250", "0.500", "-"]
+    assert lines[2].split() == ["dpo", "10", "0.500", "-", "0.875"]
+
+
+def test_grpo_runs_show_the_reward_each_named_reward_kl_length_and_clipping(tmp_path):
+    figures = {"answer_accuracy": 0.75, "eval_reward": 0.9, "eval_reward_std": 0.31, "reward": 0.5,
+               "eval_rewards/answer_correct/mean": 0.7, "eval_rewards/answer_correct/std": 0.46,
+               "rewards/think_format/mean": 1.0, "rewards/think_format/std": 0.0, "kl": 0.02,
+               "eval_completions/mean_length": 17.5, "clip_ratio/region_mean": 0.0}  # fmt: skip
+    finish_run(tmp_path / "grpo", figures, stage_name="grpo")
+    finish_run(tmp_path / "dpo", {"train_loss": 0.5}, stage_name="dpo")
+    header, dpo, grpo = format_table(finished_runs(tmp_path)).splitlines()
+    assert header.split() == ["run", "steps", "train", "loss", "acc", "reward", "answer_correct", "think_format",
+                              "kl", "length", "clipped"]  # fmt: skip
+    # held-out samples (eval_) where the run has them, else the last logged step; rewards as mean±std
+    assert grpo.split() == ["grpo", "10", "-", "0.750", "0.900±0.31", "0.700±0.46", "1.000±0.00", "0.020",
+                            "17.500", "0.000"]  # fmt: skip
+    assert dpo.split()[0] == "dpo"  # pipeline order
 
 
 def test_sweep_trials_at_any_depth_are_found(tmp_path):

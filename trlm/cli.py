@@ -188,7 +188,7 @@ COMMANDS: dict[str, Command] = {
                      "run a stage (same as `python train.py`; -m for a multirun)"),
     "prepare": Command(hydra_command(prepare_task), "data=<blend> [...]",
                        "prepare a blend (conf/data/<experiment>/<stage>)"),
-    "pipeline": Command(lazy("trlm.pipeline", "pipeline_command"), "[key=value ...]",
+    "pipeline": Command(lazy("trlm.pipeline", "pipeline_command"), "[stages=a,b] [key=value ...]",
                         "the stages in order (a Slurm launcher: jobs chained afterok)"),
     "eval": Command(lazy("trlm.harness", "eval_command", logs=True), "DIR tasks=T[,T]",
                     "lm-evaluation-harness benchmarks of a run's model (trlm_demo offline)"),

@@ -4,9 +4,12 @@ DIR is a run, an experiment or a sweep directory (globs allowed); every run belo
 with `metrics.jsonl`) takes part. Runs are grouped by stage: each stage gets a table of the
 hyperparameters that differ between its runs and their final metrics, and the report's figures for
 its trainer (SFT: loss, mean token accuracy, entropy — Figures 2-4 for stage 1, 5-7 for stage 2;
-DPO: loss, reward accuracies, margins, chosen / rejected rewards — Figures 8-10), one line per run,
+DPO: loss, reward accuracies, margins, chosen / rejected rewards — Figures 8-10; GRPO: reward, each
+reward's mean and std, KL, completion length, clip ratio), one line per run,
 smoothed, with the raw values faint behind. A sweep directory (with its Optuna journal) adds
-Optuna's optimisation history, parameter importances and parallel coordinates. All of it lands in
+Optuna's optimisation history, parameter importances and parallel coordinates, and each study's best
+trial; where two studies swept the same parameter (a full fine-tuning and a LoRA learning-rate sweep),
+the ratio of their best values. All of it lands in
 `compare.html` (images embedded) beside the inputs, or in `--out`.
 """
 
@@ -15,12 +18,13 @@ from __future__ import annotations
 import glob
 import html
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trlm.errors import TrlmError
 from trlm.paths import project_path
-from trlm.results import COLUMNS
+from trlm.results import STAGE_ORDER, columns_for
 from trlm.runs import Run, find_runs
 from trlm.study import JOURNAL
 
@@ -64,14 +68,14 @@ def differing(runs: list[Run]) -> list[str]:
 def stage_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: run, the differing hyperparameters, steps, then the final metrics any run has."""
     params = differing(runs)
-    metrics = [(title, key) for title, key in COLUMNS if key and any(key in run.final for run in runs)]
+    metrics = columns_for([run.final for run in runs])
     header = ["run", *(p.removeprefix("stage.recipe.").removeprefix("stage.") for p in params), "steps",
-              *(title for title, _ in metrics)]  # fmt: skip
+              *(column.title for column in metrics)]  # fmt: skip
     rows = []
     for run in runs:
         step = run.history[-1]["step"] if run.history else "-"
         cells = [run.name, *(cell(run.params.get(p)) for p in params), str(step)]
-        cells += [cell(run.final.get(key)) for _, key in metrics]
+        cells += [column.cell(run.final) or "-" for column in metrics]
         rows.append(cells)
     return header, rows
 
@@ -103,15 +107,69 @@ def natural(name: str) -> list:
 
 
 def by_stage(runs: list[Run]) -> dict[str, list[Run]]:
-    order = {"sft": 0, "sft_think": 1, "dpo": 2}
+    order = {stage: index for index, stage in enumerate(STAGE_ORDER)}
     groups: dict[str, list[Run]] = {}
-    for run in sorted(runs, key=lambda r: (order.get(r.stage, 3), r.stage, natural(r.name))):
+    for run in sorted(runs, key=lambda r: (order.get(r.stage, len(order)), r.stage, natural(r.name))):
         groups.setdefault(run.stage, []).append(run)
     return groups
 
 
 def sweep_folders(folders: list[Path]) -> list[Path]:
-    return sorted({journal.parent for folder in folders for journal in folder.rglob(JOURNAL)})
+    """Sweep folders below the given ones, in the order given (the first is the baseline of `ratio_lines`)."""
+    found = [journal.parent for folder in folders for journal in sorted(folder.rglob(JOURNAL))]
+    return list(dict.fromkeys(found))
+
+
+@dataclass(frozen=True)
+class StudyBest:
+    name: str  # the sweep folder, as compare names it
+    study: str
+    trial: int
+    value: float
+    params: dict[str, Any]
+
+
+def best_of_studies(sweeps: dict[str, Path]) -> list[StudyBest]:
+    """Each study's best finished trial (a study without one yet is left out)."""
+    import optuna
+
+    from trlm.study import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    found = []
+    for name, sweep in sweeps.items():
+        storage = open_storage(str(sweep / JOURNAL), sweep, parallel=False)
+        for summary in optuna.study.get_all_study_summaries(storage):
+            if summary.best_trial is not None:
+                best = summary.best_trial
+                found.append(StudyBest(name, summary.study_name, best.number, best.value, dict(best.params)))
+    return found
+
+
+def ratio_lines(bests: list[StudyBest]) -> list[str]:
+    """For each numeric parameter two or more studies swept: each one's best, and the ratio to the first's.
+    (A full fine-tuning and a LoRA sweep of one stage: LoRA's best learning rate over full fine-tuning's.)"""
+    lines = []
+    shared = sorted({key for best in bests for key in best.params})
+    for key in shared:
+        having = [b for b in bests if isinstance(b.params.get(key), int | float) and b.params[key] > 0]
+        if len(having) < 2:
+            continue
+        first = having[0]
+        lines.append(f"best {key}: " + ", ".join(f"{b.name} {b.params[key]:.3g}" for b in having))
+        lines += [f"  {b.name} / {first.name} = {b.params[key] / first.params[key]:.2f}x" for b in having[1:]]
+    return lines
+
+
+def sweep_summary(sweeps: dict[str, Path]) -> str:
+    """A table of each study's best trial, then the ratios of the parameters they share."""
+    bests = best_of_studies(sweeps)
+    if not bests:
+        return ""
+    header = ["sweep", "study", "best trial", "value", "parameters"]
+    rows = [[b.name, b.study, str(b.trial), f"{b.value:.4g}", ", ".join(f"{k}={cell(v)}" for k, v in b.params.items())]
+            for b in bests]  # fmt: skip
+    return "\n".join([text_table(header, rows), *ratio_lines(bests)])
 
 
 def out_dir(folders: list[Path], out: str | None) -> Path:
@@ -139,9 +197,14 @@ def compare(patterns: list[str], out: str | None = None) -> Path:
         header, rows = stage_table(group)
         print(f"\n== {stage} ({len(group)} run{'s' * (len(group) > 1)})\n{text_table(header, rows)}")
         sections.append((stage, html_table(header, rows), stage_figures(stage, group, target)))
+    sweeps = {}
     for sweep in sweep_folders(folders):
         name = str(sweep.relative_to(common_parent([*folders, sweep]))) if len(folders) > 1 else sweep.name
+        sweeps[name] = sweep
         sections.append((f"sweep {name}", "", sweep_figures(sweep, target)))
+    if summary := sweep_summary(sweeps):
+        print(f"\n== sweeps: each study's best trial\n{summary}")
+        sections.append(("sweeps: each study's best trial", f"<pre>{html.escape(summary)}</pre>", []))
     page = write_page(target, patterns, sections)
     print(f"\nwrote {page} ({sum(len(s[2]) for s in sections)} figures)")
     return page

@@ -30,11 +30,17 @@ PANELS = {  # trainer: (metric or (solid, dashed) pair, what the report calls it
     "dpo": [("loss", "training loss"), ("rewards/accuracies", "reward accuracies"),
             ("rewards/margins", "reward margins"),
             (("rewards/chosen", "rewards/rejected"), "chosen / rejected rewards")],
+    # GRPO: each reward's mean and std are added per run (`panels`): their names are the stage's own
+    "grpo": [("reward", "reward (weighted sum)"), ("reward_std", "reward std within groups"),
+             ("kl", "KL to the reference"), ("completions/mean_length", "completion length (tokens)"),
+             ("clip_ratio/region_mean", "clipped ratio"), ("loss", "training loss")],
 }  # fmt: skip
+STYLES = ("-", "--", ":", "-.")
 REPORT = {  # stage: (its name in the report, figure numbers of its panels in order)
     "sft": ("Stage 1 SFT", (2, 3, 4)),
     "sft_think": ("Stage 2 SFT (think)", (5, 6, 7)),
     "dpo": ("Stage 3 DPO", (8, 9, 10, None)),  # the report shows chosen / rejected inside Figure 9
+    "grpo": ("Stage 4 GRPO", ()),  # the report's future work: no figure of its own
 }
 Figure = tuple[str, Path]  # (title, png)
 
@@ -74,20 +80,33 @@ def legend(ax: plt.Axes, entries: int) -> None:
         ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + entries // 20)
 
 
+def panels(runs: list[Run]) -> list[tuple[str | tuple[str, ...], str]]:
+    """The trainer's panels; for GRPO, one with every reward's mean and one with their std (a line style each)."""
+    chosen = PANELS.get(runs[0].trainer, PANELS["sft"])
+    if runs[0].trainer != "grpo":
+        return chosen
+    names = sorted({key.split("/")[1] for run in runs for row in run.history for key in row
+                    if key.startswith("rewards/") and key.endswith("/mean")})  # fmt: skip
+    per_reward = [(tuple(f"rewards/{name}/{stat}" for name in names[: len(STYLES)]), f"each reward's {stat}")
+                  for stat in ("mean", "std")] if names else []  # fmt: skip
+    return [chosen[0], *per_reward, *chosen[1:]]
+
+
 def stage_figures(stage: str, runs: list[Run], target: Path) -> list[Figure]:
     """The report's figures for this stage's trainer, one line per run; a metric no run logged is left out."""
     figures = []
     colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
-    for index, (metric, label) in enumerate(PANELS.get(runs[0].trainer, PANELS["sft"])):
+    for index, (metric, label) in enumerate(panels(runs)):
         keys = metric if isinstance(metric, tuple) else (metric,)
         fig, ax = plt.subplots(figsize=(7.5, 4.2))
         entries = 0
         for i, run in enumerate(runs):
-            for key, style in zip(keys, ("-", "--"), strict=False):
+            for key, style in zip(keys, STYLES, strict=False):
                 steps, values = series(run, key)
                 if not steps:
                     continue
-                name = run.name if len(keys) == 1 else f"{run.name} {key.split('/')[-1]}"
+                part = key.split("/")[1] if key.startswith("rewards/") and key.count("/") == 2 else key.split("/")[-1]
+                name = run.name if len(keys) == 1 else f"{run.name} {part}"
                 color = colors(i % colors.N)
                 ax.plot(steps, values, style, color=color, alpha=0.25, linewidth=1, label="_raw")
                 ax.plot(steps, smooth(values), style, color=color, linewidth=2, label=name)

@@ -1,4 +1,8 @@
-"""`trlm pipeline [key=value ...]`: an experiment's stages in lineage order, each a `train.py` run.
+"""`trlm pipeline [stages=a,b,...] [key=value ...]`: an experiment's stages in lineage order, each a `train.py` run.
+
+Every stage on the search path by default (sft, sft_think, dpo, then grpo: the report's three and its
+future work); `stages=sft,sft_think,dpo` runs those alone, still in lineage order. A chosen stage whose
+previous stage is not chosen starts from that stage's finished run.
 
 Locally the stages run one after the other and the first failure stops the pipeline. With a
 Slurm launcher preset (`launcher=mi300x`, `launcher=local_slurm`) they are submitted at once
@@ -41,22 +45,53 @@ def stage_order(args: list[str]) -> list[str]:
     return order
 
 
+STAGES = "stages="  # the pipeline's own argument; every other one goes to each stage
+
+
+def split_stages(args: list[str]) -> tuple[list[str] | None, list[str]]:
+    """The stages named by `stages=a,b` (None: all of them) and the arguments for every stage."""
+    named = [a for a in args if a.startswith(STAGES)]
+    rest = [a for a in args if not a.startswith(STAGES)]
+    if not named:
+        return None, rest
+    return [s.strip() for s in named[-1].removeprefix(STAGES).split(",") if s.strip()], rest
+
+
+def chosen_order(args: list[str]) -> list[str]:
+    """The stages to run, in lineage order: `stages=` ones, or every stage of the chain."""
+    chosen, rest = split_stages(args)
+    order = stage_order(rest)
+    if chosen is None:
+        return order
+    unknown = [name for name in chosen if name not in order]
+    if unknown or not chosen:
+        raise Problems([Problem(STAGES.rstrip("="), f"names no stage of the chain; choose among {', '.join(order)}",
+                                ",".join(unknown) or "(empty)")])  # fmt: skip
+    return [name for name in order if name in chosen]
+
+
 def pipeline_plans(args: list[str]) -> list[StagePlan]:
-    """Every stage's plan, in lineage order (a stage after one not run yet: planned as it will start)."""
+    """Each chosen stage's plan, in lineage order (a stage after one not run yet: planned as it will start)."""
     check_pipeline_overrides(args)
+    order, (_, rest) = chosen_order(args), split_stages(args)
     plans, found = [], []
-    for stage in stage_order(args):
+    for stage in order:
         try:
-            plans.append(plan_stage(compose(stage_args(args, stage), hydra_section=True), lineage_pending=True))
+            plans.append(plan_stage(compose(stage_args(rest, stage), hydra_section=True), lineage_pending=True))
         except Problems as problems:
             found += [Problem(p.key, f"{p.rule} (stage {stage})", p.value, p.hint) for p in problems.problems]
+            continue
+        previous = plans[-1].stage.previous
+        if stage == order[0] and not plans[-1].start_ready:  # later stages start from the ones run before them
+            rule = f"{stage} starts from {previous}, which is neither chosen nor finished"
+            found.append(Problem(STAGES.rstrip("="), rule, ",".join(order), f"add {previous} (or run.init_from=DIR)"))
     if found:
         raise Problems(found)
     return plans
 
 
 def stage_command(stage: str, args: list[str]) -> list[str]:
-    command = split_command(args)
+    command = split_command(split_stages(args)[1])
     overrides = [o for o in command.overrides if not o.startswith("launcher=")]
     return [sys.executable, str(PROJECT_ROOT / "train.py"), *command.flags, f"stage={stage}", *overrides]
 
@@ -120,11 +155,12 @@ def check_pipeline_overrides(args: list[str]) -> None:
     chosen = [o for o in args if o.startswith("stage=")]
     if chosen:  # the pipeline runs every stage: one chosen here would be silently ignored
         raise TrlmError(f"trlm pipeline runs every stage in order, so {chosen[0]} does not apply; "
-                        "one stage alone: trlm train stage=<name> ...")  # fmt: skip
+                        "some stages: stages=a,b; one stage alone: trlm train stage=<name> ...")  # fmt: skip
 
 
 def pipeline_command(args: list[str]) -> int:
-    """`trlm pipeline [--config-dir DIR] [key=value ...]`: plans every stage, then runs or submits them in order."""
+    """`trlm pipeline [--config-dir DIR] [stages=a,b] [key=value ...]`: plans the stages, then runs or submits them
+    in order."""
     plans = pipeline_plans(args)
     if plans[0].launch.slurm:
         return submit_to_slurm(plans, args)

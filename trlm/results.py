@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from trlm.errors import TrlmError
@@ -9,23 +10,59 @@ from trlm.paths import project_path
 from trlm.records import Summary
 from trlm.run_dir import SUMMARY
 
-STAGE_ORDER = ("sft", "sft_think", "dpo")
-COLUMNS = (  # (header, summary metric)
-    ("steps", None),
-    ("train loss", "train_loss"),
-    ("eval loss", "eval_loss"),
-    ("acc@start", "start_answer_accuracy"),  # the stage's start model on the same held-out prompts
-    ("acc", "answer_accuracy"),
-    ("format@start", "start_think_format_rate"),
-    ("format", "think_format_rate"),
-    ("reward acc", "eval_rewards/accuracies"),
-    ("reward margin", "eval_rewards/margins"),
+STAGE_ORDER = ("sft", "sft_think", "dpo", "grpo")
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    keys: tuple[str, ...]  # the summary metric it shows: the first of these a run has
+    std: tuple[str, ...] = ()  # its spread, shown as mean±std (GRPO's rewards)
+
+    def cell(self, metrics: dict[str, float]) -> str | None:
+        key = next((k for k in self.keys if k in metrics), None)
+        if key is None:
+            return None
+        spread = next((metrics[k] for k in self.std if k in metrics), None)
+        return f"{metrics[key]:.3f}" + (f"±{spread:.2f}" if spread is not None else "")
+
+
+COLUMNS = (
+    Column("train loss", ("train_loss",)),
+    Column("eval loss", ("eval_loss",)),
+    Column("acc@start", ("start_answer_accuracy",)),  # the stage's start model on the same held-out prompts
+    Column("acc", ("answer_accuracy",)),
+    Column("format@start", ("start_think_format_rate",)),
+    Column("format", ("think_format_rate",)),
+    Column("reward acc", ("eval_rewards/accuracies",)),
+    Column("reward margin", ("eval_rewards/margins",)),
+    # GRPO: sampled on the held-out prompts at the end (eval_), else at the last logged step
+    Column("reward", ("eval_reward", "reward"), ("eval_reward_std", "reward_std")),
+    Column("kl", ("eval_kl", "kl")),
+    Column("length", ("eval_completions/mean_length", "completions/mean_length")),
+    Column("clipped", ("eval_clip_ratio/region_mean", "clip_ratio/region_mean")),
 )
 LEGEND = (
     "acc: exact-match answer accuracy; format: share of well-formed <think>...</think> + answer replies "
     "(both greedy, on held-out prompts); @start: the stage's start model on the same prompts; "
-    "reward acc / margin: DPO implicit reward on held-out pairs; -: not measured by that stage"
+    "reward acc / margin: DPO implicit reward on held-out pairs; reward (mean±std), each named reward, kl, "
+    "length (completion tokens), clipped (ratio clipped): GRPO's samples on held-out prompts; "
+    "-: not measured by that stage"
 )
+
+
+def reward_columns(metrics: list[dict[str, float]]) -> list[Column]:
+    """One column per GRPO reward function the runs logged (`rewards/<name>/mean`), as mean±std."""
+    names = sorted({key.split("/")[1] for m in metrics for key in m if key.startswith(("rewards/", "eval_rewards/"))
+                    and key.endswith("/mean") and key.count("/") == 2})  # fmt: skip
+    return [Column(name, (f"eval_rewards/{name}/mean", f"rewards/{name}/mean"),
+                   (f"eval_rewards/{name}/std", f"rewards/{name}/std")) for name in names]  # fmt: skip
+
+
+def columns_for(metrics: list[dict[str, float]]) -> list[Column]:
+    """The columns some run has a figure for (GRPO's only where a GRPO run is shown)."""
+    every = [*COLUMNS[:9], *reward_columns(metrics), *COLUMNS[9:]]
+    return [column for column in every if any(column.cell(m) is not None for m in metrics)]
 
 
 def run_name(path: Path, root: Path) -> str:
@@ -54,14 +91,11 @@ def finished_runs(root: Path) -> list[tuple[str, Summary]]:
 
 
 def format_table(rows: list[tuple[str, Summary]]) -> str:
-    header = ["run", *(title for title, _ in COLUMNS)]
-    lines = [header]
+    columns = columns_for([summary.metrics for _, summary in rows])
+    lines = [["run", "steps", *(column.title for column in columns)]]
     for name, summary in rows:
-        cells = [name, str(summary.global_step)]
-        for _, key in COLUMNS[1:]:
-            cells.append(f"{summary.metrics[key]:.3f}" if key in summary.metrics else "-")
-        lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        lines.append([name, str(summary.global_step), *(column.cell(summary.metrics) or "-" for column in columns)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
