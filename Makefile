@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-clean sweep-demo slurm-up slurm-down test test-fast bench bench-sweep bench-slurm bench-train lint format clean
+.PHONY: setup demo demo-clean sweep-demo lora-vs-full slurm-up slurm-down test test-fast bench bench-sweep bench-slurm bench-train lint format clean
 
 setup: $(STAMP)
 
@@ -14,14 +14,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"        # first: a range that admits newer torch would pull a CUDA build
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,gguf,eval]"   # gguf: `trlm model fetch`; eval: `trlm eval` (and their tests)
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,gguf,eval,math]"   # gguf: `trlm model fetch`; eval: `trlm eval`; math: the math_equivalent reward (and their tests)
 	touch $(STAMP)
 
-# The three demo stages in order (each resumes or skips if already done), then their figures.
+# The three demo stages in order (each resumes or skips if already done), the report's future work
+# (GRPO with verifiable rewards) as a fourth, then their figures.
 demo: $(STAMP)
 	$(BIN)/python train.py experiment=demo stage=sft
 	$(BIN)/python train.py experiment=demo stage=sft_think
 	$(BIN)/python train.py experiment=demo stage=dpo
+	$(BIN)/python train.py experiment=demo stage=grpo
 	$(BIN)/trlm eval outputs/demo/dpo tasks=trlm_demo
 	$(BIN)/trlm results outputs/demo
 
@@ -34,6 +36,20 @@ sweep-demo: $(STAMP)
 	$(BIN)/python train.py -m experiment=demo stage=sft sweep=lr hydra.sweeper.n_trials=6 \
 		hydra.sweeper.n_jobs=2 stage.recipe.max_steps=150 stage.evaluation.generate=false
 	$(BIN)/trlm sweep outputs/demo/sweeps/lr/sft
+
+# LoRA Without Regret's question on the demo: the best learning rate of LoRA over full fine-tuning's,
+# for stage 3 (DPO from stage 2's model; it adds no token, which LoRA would leave untrained): a full
+# fine-tuning sweep and a LoRA sweep (rank x learning rate) over the same learning-rate range, against
+# held-out DPO loss; then trlm compare of the two studies prints each best and their ratio (~10 min).
+LORA_SWEEP = -m experiment=demo stage=dpo hydra.sweeper.n_trials=10 hydra.sweeper.n_jobs=2 \
+	stage.recipe.max_steps=100 stage.evaluation.generate=false stage.objective.metric=eval_loss \
+	stage.objective.direction=minimize 'stage.recipe.learning_rate=tag(log, interval(1e-6, 1e-2))'
+lora-vs-full: $(STAMP)
+	$(BIN)/python train.py experiment=demo stage=sft
+	$(BIN)/python train.py experiment=demo stage=sft_think
+	$(BIN)/python train.py $(LORA_SWEEP) sweep=lr
+	$(BIN)/python train.py $(LORA_SWEEP) sweep=lora
+	$(BIN)/trlm compare outputs/demo/sweeps/lr/dpo outputs/demo/sweeps/lora/dpo --out outputs/demo/lora-vs-full
 
 # The local Slurm dev cluster (two MI300x-shaped nodes x 8 fake GPUs on this machine, as root):
 # launcher=local_slurm submits to it; the Slurm tests run against it (skipped while it is down).

@@ -48,3 +48,53 @@ def test_a_stage_starts_from_a_trial_of_a_sweep(run_cli, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     start = RunRecord.load(tmp_path / "outputs" / "demo" / "sft_think" / "run.json").start
     assert start["kind"] == "previous_stage" and start["source"].endswith(f"sweeps/s1/sft/{trial}/final")
+
+
+def test_a_grpo_sweep_searches_its_four_settings(run_cli, tmp_path):
+    result = run_cli("-m", *FAST, "stage=grpo", "stage.previous=null", "sweep=grpo", "hydra.sweeper.n_trials=2",
+                     "hydra.sweeper.pruner=null", "stage.recipe.per_device_train_batch_size=8",
+                     "stage.recipe.max_completion_length=8", "stage.evaluation.generate=true",
+                     "stage.evaluation.max_prompts=8", "stage.evaluation.max_new_tokens=8")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "outputs" / "demo" / "sweeps" / "grpo" / "grpo"
+    assert {"0", "1"} <= set(trials(sweep))
+    for trial in ("0", "1"):
+        params = RunRecord.load(sweep / trial / "run.json")
+        summary = Summary.load(sweep / trial / "summary.json")
+        assert summary.objective["metric"] == "answer_accuracy"  # the stage's objective, maximised
+        assert params.fingerprint_parts  # a real run, planned and recorded
+    import optuna
+
+    from trlm.study import open_storage
+
+    storage = open_storage(str(sweep / "optuna.journal"), sweep, parallel=False)
+    study = optuna.load_study(study_name="grpo", storage=storage)
+    assert {"stage.recipe.learning_rate", "stage.recipe.beta", "stage.recipe.num_generations",
+            "stage.recipe.temperature"} == set(study.trials[0].params)  # fmt: skip
+
+
+def test_a_lora_sweep_and_a_full_one_of_the_same_stage_give_the_ratio_of_their_best_rates(run_cli, tmp_path):
+    from trlm.compare import compare
+
+    common = ("-m", *FAST, "stage=sft", "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner=null")
+    lora = run_cli(*common, "sweep=lora")
+    full = run_cli(*common, "sweep=lr")
+    assert lora.returncode == 0 and full.returncode == 0, (lora.stderr + full.stderr)[-3000:]
+    sweeps = tmp_path / "outputs" / "demo" / "sweeps"
+    assert all(RunRecord.load(sweeps / "lora" / "sft" / t / "run.json").peft for t in ("0", "1"))
+    assert not RunRecord.load(sweeps / "lr" / "sft" / "0" / "run.json").peft
+
+    page = compare([str(sweeps / "lr" / "sft"), str(sweeps / "lora" / "sft")], out=str(tmp_path / "report"))
+    text = page.read_text()
+    assert "each study&#x27;s best trial" in text
+    ratio_line = next(line for line in text.splitlines() if "lora/sft / lr/sft = " in line)
+    ratio = float(ratio_line.split("= ")[1].split("x")[0])
+    import optuna
+
+    from trlm.study import open_storage
+
+    def best_lr(name):
+        storage = open_storage(str(sweeps / name / "sft" / "optuna.journal"), None, parallel=False)
+        return optuna.load_study(study_name=name, storage=storage).best_params["stage.recipe.learning_rate"]
+
+    assert ratio == pytest.approx(best_lr("lora") / best_lr("lr"), rel=0.01)
