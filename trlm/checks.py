@@ -206,6 +206,20 @@ def hardware_settings(cfg: DictConfig) -> Iterator[Problem]:
     if cfg.hardware.liger_kernel and cfg.hardware.accelerator.value == "cpu":
         yield Problem("hardware.liger_kernel", "asks for Liger kernels, which run on GPUs only",
                       hint=f"hardware={cfg.hardware.name} is a CPU preset")  # fmt: skip
+    yield from gpu_share_settings(cfg.hardware)
+
+
+def gpu_share_settings(hardware: Any) -> Iterator[Problem]:
+    k, key = hardware.trials_per_gpu, "hardware.trials_per_gpu"
+    if k <= 1:  # 1: a whole GPU; < 1: refused by its range
+        return
+    if hardware.devices_per_node * hardware.num_nodes != 1:
+        yield Problem(key, "shares one GPU between single-GPU trials", str(k),
+                      f"hardware={hardware.name} has {hardware.devices_per_node} x {hardware.num_nodes} GPUs a job; "
+                      "use hardware=mi300x")  # fmt: skip
+    if hardware.shards_per_gpu % k:
+        yield Problem(key, f"must divide hardware.shards_per_gpu={hardware.shards_per_gpu} (each trial asks "
+                           "shards_per_gpu / trials_per_gpu shards)", str(k))  # fmt: skip
 
 
 def tracking_settings(cfg: DictConfig) -> Iterator[Problem]:

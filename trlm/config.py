@@ -328,6 +328,10 @@ class HardwareConfig:
     # ROCR_VISIBLE_DEVICES and then indexes CUDA_VISIBLE_DEVICES into what is left, so both set
     # to "2,3" would leave no device.
     visible_devices_env: str | None = setting(None, "the variable through which the runtime picks GPUs")
+    # A 135M trial uses a sliver of a 192 GB card: k trials share one through Slurm's gres `shard`.
+    trials_per_gpu: int = setting(1, "single-GPU trials sharing one GPU (Slurm gres shard); each gets 1/k of its "
+                                  "memory and of the cores", COUNT)  # fmt: skip
+    shards_per_gpu: int = setting(8, "gres shards the cluster declares per GPU (gres.conf Name=shard)", COUNT)
 
 
 @dataclass

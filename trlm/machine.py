@@ -8,12 +8,14 @@ form so that they are reported together.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
 from trlm.config import Accelerator, HardwareConfig, Precision
 from trlm.distributed import world_size
-from trlm.errors import Problem
+from trlm.errors import Problem, TrlmError
 
 
 def hardware_problems(hardware: HardwareConfig) -> list[Problem]:
@@ -41,3 +43,25 @@ def hardware_problems(hardware: HardwareConfig) -> list[Problem]:
                              f"train.py ...`, or tell the preset (hardware.devices_per_node x hardware.num_nodes = "
                              f"{world_size()})"))  # fmt: skip
     return found
+
+
+@contextmanager
+def gpu_share(trials_per_gpu: int, device_bytes: int | None = None) -> Iterator[None]:
+    """A trial sharing its GPU with `trials_per_gpu` - 1 others (Slurm gres shard) keeps to 1/k of its memory
+    (`set_per_process_memory_fraction`, which HIP honours too); running out of that share fails in one line
+    that names the share and the fix, not with the allocator's trace."""
+    if trials_per_gpu <= 1:
+        yield
+        return
+    if device_bytes is None and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(1 / trials_per_gpu)
+        device_bytes = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        share = f"{(device_bytes or 0) / trials_per_gpu / 2**30:.1f} GiB" if device_bytes else "its share"
+        raise TrlmError(
+            f"the trial ran out of its share of the GPU: {share} (1/{trials_per_gpu} of the card, "
+            f"hardware.trials_per_gpu={trials_per_gpu}): lower hardware.trials_per_gpu, or the batch "
+            f"(stage.recipe.per_device_train_batch_size with more gradient_accumulation_steps)"
+        ) from None

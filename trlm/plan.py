@@ -26,6 +26,7 @@ from trlm.paths import project_path
 from trlm.stage_plan import StagePlan, plan_stage
 
 GPUS_PER_MI300X_NODE = 8
+MI300X_MEMORY_GB = 192
 
 
 def plan_for(args: list[str] | tuple[str, ...], lineage_pending: bool = True) -> StagePlan:
@@ -54,6 +55,8 @@ def describe_launch(plan: StagePlan) -> list[str]:
     else:
         at_once = 1
         lines.append("one job (a basic-sweeper -m with list overrides makes one per combination)")
+    if launch.slurm and hardware.trials_per_gpu > 1:
+        return [*lines, *describe_gpu_share(plan, at_once)]
     if launch.slurm:
         gpus = plan.ranks
         nodes = max(hardware.num_nodes, math.ceil(at_once * gpus / GPUS_PER_MI300X_NODE))
@@ -65,6 +68,21 @@ def describe_launch(plan: StagePlan) -> list[str]:
     else:
         lines.append(f"launcher {launch.launcher}: jobs run on this machine")
     return lines
+
+
+def describe_gpu_share(plan: StagePlan, at_once: int) -> list[str]:
+    """k trials to a GPU: what each gets, and how many fit the partition at once (nodes x GPUs x k)."""
+    hardware, options, k = plan.hardware, plan.launch.options, plan.hardware.trials_per_gpu
+    mi300x = "mi300x" in hardware.name
+    memory = f"{MI300X_MEMORY_GB / k:.0f} of an MI300x's {MI300X_MEMORY_GB} GB" if mi300x else f"1/{k}"
+    nodes = max(1, math.ceil(at_once / (GPUS_PER_MI300X_NODE * k)))
+    return [
+        f"Slurm, partition {options.get('partition')}: {k} trials per GPU (gres {options.get('gres')} of "
+        f"{hardware.shards_per_gpu} shards a GPU); each trial {memory} of GPU memory, {options.get('cpus_per_task')} "
+        f"CPU(s), {(options.get('additional_parameters') or {}).get('mem', '?')} host memory",
+        f"trials at once: nodes x {GPUS_PER_MI300X_NODE} GPUs x {k} = {GPUS_PER_MI300X_NODE * k} a node; this sweep "
+        f"{at_once} at once, on {math.ceil(at_once / k)} GPU(s) of {nodes} node(s)",
+    ]
 
 
 def describe_arguments(plan: StagePlan) -> list[str]:

@@ -36,6 +36,7 @@ from trlm.fingerprint import differences, fingerprint, plain, with_data
 from trlm.fsutil import atomic_dir, disk_space
 from trlm.lineage import StartPoint
 from trlm.locks import FileLock
+from trlm.machine import gpu_share
 from trlm.modeling import attention_implementation, load_model, load_tokenizer, start_model_dir
 from trlm.padding_free import attention_for_padding_free, keep_rows_apart, make_padding_free
 from trlm.portable import make_portable
@@ -261,7 +262,9 @@ def execute(plan: StagePlan) -> StageOutcome:
     args = training_arguments(plan)
     inputs = prepare_inputs(plan, args)
     lock = FileLock(plan.run_dir / LOCK, f"stage {plan.stage.name} of run {plan.run.name}")
-    with lock.hold() if is_main_process() else nullcontext():
+    # A sweep trial waits for its directory: the one holding it is a job of a sweeper that died, still training
+    # this trial; its re-run then reads the result. A single run is refused at once, naming the holder.
+    with lock.hold(wait=plan.trial is not None) if is_main_process() else nullcontext():
         finished = claim(plan.run_dir, inputs.parts)
         if finished is not None:
             log.info("%s already finished (%s); re-reading its objective", plan.run_dir, SUMMARY)
@@ -332,7 +335,8 @@ def train_stage(plan: StagePlan, inputs: StageInputs, args: TrainingArguments) -
         before, _ = generation_eval(model, tokenizer, conversations, stage.evaluation, stage.think_tokens)
         metrics.update({f"start_{key}": value for key, value in before.items() if key != "eval_prompts"})
     metrics = broadcast_from_main(metrics)
-    with disk_space(run_dir, "training (a checkpoint)"), bars_closed_on_error(trainer):
+    share = gpu_share(hardware.trials_per_gpu)  # 1/k of the card's memory where k trials share it
+    with disk_space(run_dir, "training (a checkpoint)"), bars_closed_on_error(trainer), share:
         if checkpoint and training_done(checkpoint):  # nothing left to train: finish from it
             trained = finish_from_checkpoint(trainer, checkpoint, run_dir / METRICS)
         else:

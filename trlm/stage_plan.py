@@ -41,6 +41,7 @@ from trlm.library_facts import library_facts
 from trlm.lineage import StartPoint, resolve_start
 from trlm.paths import project_path
 from trlm.run_dir import CHECKPOINTS, is_finished
+from trlm.slurm import shared_gpu_request
 from trlm.study import TrialLink
 from trlm.trainer_kinds import TRAINERS, TrainerSpec
 
@@ -168,7 +169,7 @@ def launch_spec(cfg: DictConfig) -> LaunchSpec | None:
     return LaunchSpec(
         launcher=choices.get("hydra/launcher") or "basic",
         preset=choices.get("launcher"),
-        options=OmegaConf.to_container(cfg.hydra.launcher, resolve=True),
+        options=shared_gpu_request(OmegaConf.to_container(cfg.hydra.launcher, resolve=True), cfg.hardware),
         sweeper=sweeper,
         sweep=OmegaConf.to_container(cfg.hydra.sweeper, resolve=True) if sweeper == "trlm_optuna" else None,
     )

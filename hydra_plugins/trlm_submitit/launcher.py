@@ -69,7 +69,12 @@ class OneLineFailures:
 
 
 class SlurmLauncher(OneLineFailures, submitit_launcher.SlurmLauncher):
-    pass
+    def setup(self, *, config: Any, **kwargs: Any) -> None:
+        """With hardware.trials_per_gpu = k > 1 each job asks a 1/k share of one GPU (trlm/slurm.py)."""
+        from trlm.slurm import shared_gpu_request
+
+        super().setup(config=config, **kwargs)
+        self.params = shared_gpu_request(self.params, config.hardware)
 
 
 def slurm_executor(launcher: dict[str, Any]) -> Any:

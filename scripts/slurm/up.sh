@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
 # A real Slurm cluster on this one machine, shaped like an MI300x cluster: two nodes (n1, n2) with
-# 8 fake GPUs each, accounting through slurmdbd on a private MariaDB. As root, without systemd.
+# 8 fake GPUs each, every GPU split in 8 gres shards (hardware.trials_per_gpu), accounting through
+# slurmdbd on a private MariaDB, which also serves Optuna studies (database trlm_optuna, user trlm).
+# As root, without systemd.
 # Installs Debian's packages on first use; every daemon's pidfile lives in $TRLM_SLURM_DIR, so
 # scripts/slurm/down.sh stops exactly what this started. Idempotent: an up cluster is left as is.
 set -euo pipefail
 STATE=${TRLM_SLURM_DIR:-/tmp/trlm-slurm}
 DB_PORT=${TRLM_SLURM_DB_PORT:-13306}
 GPUS=8
+SHARDS=8   # per GPU: hardware.shards_per_gpu
 
-if sinfo -h -o %T 2>/dev/null | grep -q idle && [ -f "$STATE/slurmctld.pid" ]; then
-  echo "slurm: already up ($STATE)"; exit 0
+optuna_database() {  # Optuna's RDB storage for sweeps across hosts (hydra.sweeper.storage=$OPTUNA_URL)
+  mariadb --socket="$STATE/mysql/mysql.sock" -e "CREATE DATABASE IF NOT EXISTS trlm_optuna;
+    CREATE USER IF NOT EXISTS 'trlm'@'localhost' IDENTIFIED BY 'trlm';
+    CREATE USER IF NOT EXISTS 'trlm'@'127.0.0.1' IDENTIFIED BY 'trlm';
+    GRANT ALL ON \`trlm\_%\`.* TO 'trlm'@'localhost'; GRANT ALL ON \`trlm\_%\`.* TO 'trlm'@'127.0.0.1';
+    FLUSH PRIVILEGES;"
+  echo "slurm: Optuna's database at mysql+pymysql://trlm:trlm@127.0.0.1:$DB_PORT/trlm_optuna"
+}
+
+if sinfo -h -o %T 2>/dev/null | grep -q idle && [ -f "$STATE/run/slurmctld.pid" ] \
+   && scontrol show node n1 2>/dev/null | grep -q "shard:$((GPUS * SHARDS))"; then
+  optuna_database; echo "slurm: already up ($STATE)"; exit 0
 fi
 if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! command -v mariadbd >/dev/null; then
   echo "slurm: installing Debian packages (slurmctld slurmd slurmdbd slurm-client munge mariadb-server)"
@@ -71,7 +84,7 @@ MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=512
-GresTypes=gpu
+GresTypes=gpu,shard
 SlurmdParameters=config_overrides
 SchedulerParameters=sched_interval=2,bf_interval=2
 ReturnToService=2
@@ -83,16 +96,18 @@ SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd-%n.log
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-AccountingStorageTRES=gres/gpu
+AccountingStorageTRES=gres/gpu,gres/shard
 JobAcctGatherType=jobacct_gather/none
-# Two MI300x-shaped nodes on this host: 16 CPUs (declared; config_overrides), 8 GPUs each.
-NodeName=n1 NodeHostname=$(hostname) NodeAddr=127.0.0.1 Port=17001 CPUs=16 RealMemory=16000 Gres=gpu:$GPUS State=UNKNOWN
-NodeName=n2 NodeHostname=$(hostname) NodeAddr=127.0.0.1 Port=17002 CPUs=16 RealMemory=16000 Gres=gpu:$GPUS State=UNKNOWN
+# Two MI300x-shaped nodes on this host: 64 CPUs (declared; config_overrides: room for 4 one-CPU trials
+# on each of 8 GPUs and node), 8 GPUs of 8 shards each.
+NodeName=n1 NodeHostname=$(hostname) NodeAddr=127.0.0.1 Port=17001 CPUs=64 RealMemory=32000 Gres=gpu:$GPUS,shard:$((GPUS * SHARDS)) State=UNKNOWN
+NodeName=n2 NodeHostname=$(hostname) NodeAddr=127.0.0.1 Port=17002 CPUs=64 RealMemory=32000 Gres=gpu:$GPUS,shard:$((GPUS * SHARDS)) State=UNKNOWN
 PartitionName=mi300x Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP
 CONF
 cat > /etc/slurm/gres.conf <<CONF
 AutoDetect=off
 NodeName=n[1-2] Name=gpu File=$STATE/gpus/fakegpu[0-$((GPUS - 1))]
+$(for i in $(seq 0 $((GPUS - 1))); do echo "NodeName=n[1-2] Name=shard Count=$SHARDS File=$STATE/gpus/fakegpu$i"; done)
 CONF
 rm -f /etc/slurm/cgroup.conf
 grep -q "trlm-slurm" /etc/hosts || echo "127.0.0.1 n1 n2 # trlm-slurm" >> /etc/hosts
@@ -107,7 +122,8 @@ for node in n1 n2; do
   [ -f "$STATE/run/slurmd-$node.pid" ] && kill -0 "$(cat "$STATE/run/slurmd-$node.pid")" 2>/dev/null || slurmd -N "$node"
 done
 for _ in $(seq 60); do
-  [ "$(sinfo -h -o %T -p mi300x 2>/dev/null | sort -u)" = "idle" ] && { echo "slurm: up, 2 nodes x $GPUS GPUs idle ($STATE)"; exit 0; }
+  [ "$(sinfo -h -o %T -p mi300x 2>/dev/null | sort -u)" = "idle" ] && {
+    optuna_database; echo "slurm: up, 2 nodes x $GPUS GPUs x $SHARDS shards idle ($STATE)"; exit 0; }
   scontrol update nodename=n[1-2] state=resume >/dev/null 2>&1 || true
   sleep 1
 done
