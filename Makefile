@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"        # first: a range that admits newer torch would pull a CUDA build
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,gguf,eval,math]"   # gguf: `trlm model fetch`; eval: `trlm eval`; math: the math_equivalent reward (and their tests)
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,gguf,eval,math,dashboard,rdb]"   # gguf: `trlm model fetch`; eval: `trlm eval`; math: the math_equivalent reward; dashboard, rdb: sweeps (and their tests)
 	touch $(STAMP)
 
 # The three demo stages in order (each resumes or skips if already done), the report's future work

@@ -26,7 +26,7 @@ from trlm.errors import TrlmError
 from trlm.paths import project_path
 from trlm.results import STAGE_ORDER, columns_for
 from trlm.runs import Run, find_runs
-from trlm.study import JOURNAL
+from trlm.study import JOURNAL, STUDY
 
 PRESET_NAMES = ("model.name", "hardware.name", "data.name")
 WIDEST_CELL = 40
@@ -116,7 +116,8 @@ def by_stage(runs: list[Run]) -> dict[str, list[Run]]:
 
 def sweep_folders(folders: list[Path]) -> list[Path]:
     """Sweep folders below the given ones, in the order given (the first is the baseline of `ratio_lines`)."""
-    found = [journal.parent for folder in folders for journal in sorted(folder.rglob(JOURNAL))]
+    found = [path for folder in folders for path in sorted({f.parent for name in (STUDY, JOURNAL)
+                                                            for f in folder.rglob(name)})]  # fmt: skip
     return list(dict.fromkeys(found))
 
 
@@ -133,14 +134,14 @@ def best_of_studies(sweeps: dict[str, Path]) -> list[StudyBest]:
     """Each study's best finished trial (a study without one yet is left out)."""
     import optuna
 
-    from trlm.study import open_storage
+    from trlm.study import sweep_storage
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     found = []
     for name, sweep in sweeps.items():
-        storage = open_storage(str(sweep / JOURNAL), sweep, parallel=False)
+        storage, studies = sweep_storage(sweep)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         for summary in optuna.study.get_all_study_summaries(storage):
-            if summary.best_trial is not None:
+            if summary.study_name in studies and summary.best_trial is not None:
                 best = summary.best_trial
                 found.append(StudyBest(name, summary.study_name, best.number, best.value, dict(best.params)))
     return found

@@ -128,18 +128,18 @@ def sweep_figures(sweep_dir: Path, target: Path) -> list[Figure]:
     import optuna
     from optuna.visualization import matplotlib as optuna_plots
 
-    from trlm.study import JOURNAL, open_storage
+    from trlm.study import sweep_storage
 
+    storage, studies = sweep_storage(sweep_dir)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # its plots are "experimental"
     if not optuna_plots.is_available():
         from trlm.errors import TrlmError
 
         raise TrlmError("Optuna's plots need matplotlib: pip install matplotlib")
-    storage = open_storage(str(sweep_dir / JOURNAL), sweep_dir, parallel=False)
     figures = []
-    for summary in optuna.study.get_all_study_summaries(storage):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    for study_name in studies:
+        study = optuna.load_study(study_name=study_name, storage=storage)
         for name, plot in (("optimization history", optuna_plots.plot_optimization_history),
                            ("parameter importances", optuna_plots.plot_param_importances),
                            ("parallel coordinates", optuna_plots.plot_parallel_coordinate)):  # fmt: skip

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 JOURNAL = "optuna.journal"
+STUDY = "study.yaml"  # the sweep's study name and storage: every reader opens what the sweeper wrote to
 RESULTS, TRIALS = "optimization_results.yaml", "trials.csv"
 
 
@@ -48,9 +49,21 @@ def journal_path(storage: str | None, sweep_dir: Path | None) -> Path:
     return Path(storage) if storage else sweep_dir / JOURNAL
 
 
-def open_storage(storage: str | None, sweep_dir: Path | None, parallel: bool) -> Any:
-    """The study's storage: a journal file (default: in the sweep dir) or an RDB URL."""
-    from optuna.storages import JournalStorage, RDBStorage
+@dataclass(frozen=True)
+class Liveness:
+    """How a sweeper shows its trials in flight are alive: a heartbeat every `interval` s; one silent for
+    `grace` s is dead and is run again (at most `max_retry` times on an RDB, where Optuna gives it a new number)."""
+
+    interval: int
+    grace: int
+    max_retry: int
+
+
+def open_storage(storage: str | None, sweep_dir: Path | None, parallel: bool, liveness: Liveness | None = None) -> Any:
+    """The study's storage: a journal file (default: in the sweep dir) or an RDB URL. With `liveness`, an RDB
+    keeps Optuna's heartbeats and re-queues a trial whose heartbeat stopped (the journal gets a lease instead,
+    kept by the sweeper: Optuna keeps heartbeats in RDB storage only)."""
+    from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
     if is_url(storage):
@@ -59,7 +72,7 @@ def open_storage(storage: str | None, sweep_dir: Path | None, parallel: bool) ->
                 f"storage {storage}: SQLite locks up under parallel writers (Optuna's FAQ); use the default "
                 f"journal file (leave hydra.sweeper.storage unset) or a server database URL"
             )
-        return RDBStorage(storage)
+        return open_rdb(storage, liveness)
     path = journal_path(storage, sweep_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +81,39 @@ def open_storage(storage: str | None, sweep_dir: Path | None, parallel: bool) ->
         raise TrlmError(f"cannot write the study's journal {path} ({error.filename}: {error.strerror})") from None
     repair_journal(path)
     return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+
+def open_rdb(url: str, liveness: Liveness | None) -> Any:
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental"
+    # Optuna beats from Study.optimize; trlm's sweeper asks and tells, and beats itself (heartbeats.py)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    beats = {}
+    if liveness is not None:
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=liveness.max_retry, inherit_intermediate_values=True)
+        beats = dict(heartbeat_interval=liveness.interval, grace_period=liveness.grace,
+                     heartbeat_stale_trial_callback=retry)  # fmt: skip
+    try:  # pre-ping: a server drops connections idle for hours (MySQL's wait_timeout) while a trial trains
+        return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beats)
+    except ImportError as error:
+        raise TrlmError(
+            f"storage {url.split('://')[0]}://…: its database driver is missing ({error}); for MySQL / "
+            f"MariaDB: pip install -e '.[rdb]'"
+        ) from None
+    except Exception as error:  # SQLAlchemy's OperationalError: the server refused or is not there
+        said = str(error).splitlines()[0]
+        raise TrlmError(f"cannot open the study's database {redact(url)}: {said}") from None
+
+
+def redact(url: str) -> str:
+    """An RDB URL without its password, for messages."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    return f"{scheme}://{credentials.partition(':')[0]}:***@{host}" if at and ":" in credentials else url
 
 
 TAIL_BYTES = 1 << 20  # a journal record is far shorter: its last one lies in the file's last MiB
@@ -108,6 +154,30 @@ def repair_journal(path: Path) -> Path | None:
     log.warning("the study's journal %s ended in a record cut short (a crash or a full disk mid-write): the "
                 "journal is kept as %s, the torn record cut off; the study goes on", path, aside)  # fmt: skip
     return aside
+
+
+def record_study(sweep_dir: Path, study: str, storage: str | None) -> None:
+    """`study.yaml` in the sweep directory: which study, in which storage (a journal path or an RDB URL, as
+    every trial's overrides already hold it), for `trlm sweep`, `trlm compare` and the dashboard."""
+    record = {"study": study, "storage": storage_url(storage, sweep_dir)}
+    sweep_dir.mkdir(parents=True, exist_ok=True)  # an RDB study: nothing else wrote here yet
+    atomic_write_text(sweep_dir / STUDY, OmegaConf.to_yaml(OmegaConf.create(record)))
+
+
+def sweep_storage(sweep_dir: Path) -> tuple[Any, list[str]]:
+    """The storage a sweep directory's study lives in, and the names of its studies there (an RDB holds others)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    record = sweep_dir / STUDY
+    if record.is_file():
+        recorded = OmegaConf.load(record)
+        storage = open_storage(str(recorded.storage), sweep_dir, parallel=False)
+        return storage, [str(recorded.study)]
+    if not (sweep_dir / JOURNAL).is_file():
+        raise TrlmError(f"{sweep_dir} holds no study (neither {STUDY} nor {JOURNAL})")
+    storage = open_storage(str(sweep_dir / JOURNAL), sweep_dir, parallel=False)
+    return storage, [s.study_name for s in optuna.study.get_all_study_summaries(storage)]
 
 
 def storage_url(storage: str | None, sweep_dir: Path) -> str:
@@ -203,12 +273,26 @@ class TrialChannel:
         self.storage = open_storage(link.storage, None, parallel=True)
         self.study = optuna.load_study(study_name=link.study, storage=self.storage, pruner=build_pruner(link.pruner))
         self.trial_id = trial_id(self.storage, link.study, link.number)
+        self.ended = False
 
     def report(self, step: int, value: float) -> bool:
-        """Records `value` at `step` (unless that step is recorded already); whether to prune now."""
+        """Records `value` at `step` (unless that step is recorded already); whether to prune now. A trial its
+        sweeper has ended (its sweeper died and the trial was re-queued) takes no reports: the job trains on,
+        and its re-run, waiting for this run's directory, reads the result."""
+        import optuna
+
         trial = self.storage.get_trial(self.trial_id)
+        if trial.state.is_finished():
+            if not self.ended:
+                log.warning("trial %d was ended by its sweeper (%s): training on without reports, for its re-run",
+                            trial.number, trial.state.name.lower())  # fmt: skip
+            self.ended = True
+            return False
         if step not in trial.intermediate_values:
-            self.storage.set_trial_intermediate_value(self.trial_id, step, value)
+            try:
+                self.storage.set_trial_intermediate_value(self.trial_id, step, value)
+            except optuna.exceptions.UpdateFinishedTrialError:  # ended between the two calls
+                return self.report(step, value)
             trial = self.storage.get_trial(self.trial_id)
         return self.study.pruner.prune(self.study, trial)
 
@@ -226,11 +310,26 @@ class TrialRow:
     reason: str = ""
 
 
+def retried_as(trials: list[optuna.trial.FrozenTrial]) -> dict[int, int]:
+    """Trial number -> the number of the trial that re-ran it (Optuna's retry of a trial whose heartbeat stopped)."""
+    return {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
+
+
+def directory_number(trial: optuna.trial.FrozenTrial) -> int:
+    """The trial whose directory (and checkpoints, W&B run) a trial uses: the first of its retry series."""
+    history = trial.system_attrs.get("retry_history")
+    return history[0] if history else trial.number
+
+
 def trial_rows(study: optuna.Study) -> list[TrialRow]:
+    trials = study.get_trials(deepcopy=False)
+    retries = retried_as(trials)
     return [
-        TrialRow(t.number, t.state.name, t.value, dict(t.params), str(t.user_attrs.get("fail_reason", "")))
-        for t in study.get_trials(deepcopy=False)
-    ]
+        TrialRow(t.number, t.state.name, t.value, dict(t.params),
+                 str(t.user_attrs.get("fail_reason", "")) or (f"its sweeper stopped: run again as trial "
+                                                              f"{retries[t.number]}" if t.number in retries else ""))
+        for t in trials
+    ]  # fmt: skip
 
 
 def best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -273,24 +372,30 @@ def format_study(study: optuna.Study) -> str:
 
 
 def sweep_command(args: list[str]) -> int:
-    """`trlm sweep DIR`."""
+    """`trlm sweep DIR [--serve [--host H] [--port N]]`."""
+    import argparse
+
     from trlm.paths import project_path
 
-    if len(args) != 1:
-        raise TrlmError("usage: trlm sweep DIR")
-    return print_study(project_path(args[0]))
+    parser = argparse.ArgumentParser(prog="trlm sweep", description="a study's trials, or its live dashboard")
+    parser.add_argument("dir", help="the sweep directory (outputs/<run>/sweeps/<study>/<stage>)")
+    parser.add_argument("--serve", action="store_true", help="serve optuna-dashboard on the study's storage")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8080)
+    options = parser.parse_args(args)
+    sweep_dir = project_path(options.dir)
+    if options.serve:
+        from trlm.dashboard import serve
+
+        return serve(sweep_dir, options.host, options.port)
+    return print_study(sweep_dir)
 
 
 def print_study(sweep_dir: Path) -> int:
-    """`trlm sweep DIR`: the study in DIR's journal, at any time (also while it runs)."""
+    """`trlm sweep DIR`: the study in DIR's storage, at any time (also while it runs)."""
     import optuna
 
-    journal = sweep_dir / JOURNAL
-    if not journal.exists():
-        raise TrlmError(f"{sweep_dir} holds no study ({JOURNAL} is missing)")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(str(journal), sweep_dir, parallel=False)
-    names = [s.study_name for s in optuna.study.get_all_study_summaries(storage)]
+    storage, names = sweep_storage(sweep_dir)
     for name in names:
         print(format_study(optuna.load_study(study_name=name, storage=storage)))
     return 0

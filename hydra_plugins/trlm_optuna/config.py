@@ -35,6 +35,12 @@ class TrlmOptunaSweeperConf:
     params: dict[str, str] = field(default_factory=dict)  # key: Hydra sweep expression
     custom_search_space: str | None = None  # "module.function(cfg, trial)" suggesting further params
     enqueue_trials: list[dict[str, Any]] = field(default_factory=list)  # params to try first (e.g. the report's)
+    heartbeat_interval: int = setting(30, "seconds between the sweeper's heartbeats for each trial it runs (RDB: "
+                                      "Optuna's own; journal: a lease)", COUNT)  # fmt: skip
+    grace_period: int | None = setting(None, "seconds a trial may go without a heartbeat before it counts as "
+                                       "dead and runs again; null: 4 x heartbeat_interval", COUNT)  # fmt: skip
+    max_retry: int = setting(3, "times a dead trial runs again on an RDB storage (Optuna's retry callback)",
+                             NON_NEGATIVE)  # fmt: skip
     report_every: float = setting(0.1, "evaluate and report to the pruner every N steps (< 1: share of the run)",
                                   POSITIVE)  # fmt: skip
 

@@ -11,15 +11,18 @@ reports its objective to its trial at each evaluation (pruning, trlm/callbacks.p
 `StageOutcome` (its objective, and whether it was pruned) that the launcher hands back; only the
 sweeper tells a trial's final state, from that outcome or the error the job raised. It reads no
 file a job wrote, and talks to Optuna through its public API (the study, the storage it opened).
-Re-running the same command resumes the study: finished trials are kept, a trial this host was
-running when the sweep died is run again under its own number (its directory, so it resumes from
-its last checkpoint), then new trials are asked until `n_trials`.
+Re-running the same command resumes the study: finished trials are kept, a trial whose sweeper died
+is run again in its own directory (so it resumes from its last checkpoint; a job of the dead sweeper
+still training there is waited for), then new trials are asked until `n_trials`. The sweeper beats
+for each trial in flight (heartbeats.py), so a trial left by a sweeper on any host is found: on an RDB
+by Optuna's heartbeats (re-run under a new number, in the first one's directory), on a journal by a
+lease (re-run under its own number).
 """
 
 import importlib
 import logging
 import os
-import socket
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -33,12 +36,23 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hydra_plugins.trlm_optuna.config import TrlmOptunaSweeperConf
+from hydra_plugins.trlm_optuna.heartbeats import WORKER, Heartbeats, lease_expired, owner
 from hydra_plugins.trlm_submitit.launcher import what_went_wrong
 from trlm import layout
 from trlm.errors import Problem, Problems, TrlmError, report
 
 log = logging.getLogger(__name__)
 LOCAL_LAUNCHERS = ("BasicLauncher", "LocalLauncher")  # trials share this machine's cores
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A trial to run: its number, its params, and the trial whose directory it uses (itself, or the first
+    of its retry series)."""
+
+    number: int
+    params: dict[str, Any]
+    directory: int
 
 
 @dataclass
@@ -60,24 +74,6 @@ def threads_per_trial(n_jobs: int, environ: dict[str, str] | None = None) -> int
 def low_end(dist: Any) -> Any:
     """A value of the distribution, for composing a sample trial."""
     return dist.choices[0] if hasattr(dist, "choices") else dist.low
-
-
-def owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def owner_alive(tag: str | None) -> bool:
-    """Whether the sweeper that started a RUNNING trial is still alive (on another host: assume so)."""
-    host, _, pid = (tag or ":").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return bool(tag) and host != socket.gethostname()
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class TrlmOptunaSweeper(Sweeper):
@@ -107,7 +103,7 @@ class TrlmOptunaSweeper(Sweeper):
         import optuna
 
         from trlm.checks import sweeper_problems
-        from trlm.study import describe_space, open_storage, search_space, write_results
+        from trlm.study import Liveness, describe_space, is_url, open_storage, record_study, search_space, write_results
 
         cfg = self.config
         found = sweeper_problems(self.conf, TrlmOptunaSweeperConf)
@@ -126,7 +122,11 @@ class TrlmOptunaSweeper(Sweeper):
             found += self.preflight()
         if found:  # before the study exists: a refused sweep leaves nothing behind
             raise Problems(found)
-        self.storage = storage = open_storage(self.conf.storage, self.sweep_dir, parallel=self.conf.n_jobs > 1)
+        interval = self.conf.heartbeat_interval
+        self.liveness = Liveness(interval, self.conf.grace_period or 4 * interval, self.conf.max_retry)
+        storage = open_storage(self.conf.storage, self.sweep_dir, parallel=self.conf.n_jobs > 1, liveness=self.liveness)
+        self.storage, self.rdb = storage, is_url(self.conf.storage)
+        record_study(self.sweep_dir, self.study_name, self.conf.storage)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
             study_name=self.study_name,
@@ -141,7 +141,11 @@ class TrlmOptunaSweeper(Sweeper):
             for params in self.conf.enqueue_trials:
                 study.enqueue_trial(OmegaConf.to_container(params), skip_if_exists=True)
         log.info("study %s (%s) in %s: %s", self.study_name, direction, self.sweep_dir, expressions)
-        failures = self.run_trials()
+        self.beats = Heartbeats(storage, interval, rdb=self.rdb)
+        try:
+            failures = self.run_trials()
+        finally:
+            self.beats.stop()
         write_results(study, self.sweep_dir)
         self.report(failures)
 
@@ -225,7 +229,7 @@ class TrlmOptunaSweeper(Sweeper):
             return []
         return [f"hardware.cpu_threads={threads_per_trial(max(1, self.conf.n_jobs))}"]  # n_jobs < 1: refused
 
-    def trial_overrides(self, number: int, params: dict[str, Any]) -> list[str]:
+    def trial_overrides(self, number: int, params: dict[str, Any], directory: int | None = None) -> list[str]:
         from trlm.study import override_value, storage_url
 
         pruner = OmegaConf.to_container(self.conf.pruner) if self.conf.pruner else {}
@@ -233,7 +237,7 @@ class TrlmOptunaSweeper(Sweeper):
             *self.fixed,
             *(f"{key}={override_value(value)}" for key, value in params.items()),
             f"run.sweep={self.study_name}",
-            f"run.trial={number}",
+            f"run.trial={number if directory is None else directory}",
             f"optuna.storage={override_value(storage_url(self.conf.storage, self.sweep_dir))}",
             f"optuna.study={override_value(self.study_name)}",
             f"optuna.number={number}",
@@ -241,34 +245,52 @@ class TrlmOptunaSweeper(Sweeper):
             f"optuna.report_every={self.conf.report_every}",
         ]
 
-    def ask(self) -> tuple[int, dict[str, Any]]:
-        trial = self.study.ask(self.space)
+    def ask(self) -> Ticket:
+        from trlm.study import directory_number
+
+        trial = self.study.ask(self.space)  # a re-queued trial (WAITING) comes first, with its params
         if self.conf.custom_search_space:
             module, _, name = str(self.conf.custom_search_space).rpartition(".")
             getattr(importlib.import_module(module), name)(self.config, trial)
-        trial.set_user_attr("worker", owner())
-        return trial.number, dict(trial.params)
+        trial.set_user_attr(WORKER, owner())
+        directory = directory_number(self.storage.get_trial(self.trial_id(trial.number)))
+        if directory != trial.number:
+            log.info("trial %d's sweeper stopped (no heartbeat for %d s): it runs again as trial %d, in its own "
+                     "directory (it resumes)", directory, self.liveness.grace, trial.number)  # fmt: skip
+        return Ticket(trial.number, dict(trial.params), directory)
 
-    def stale_trials(self) -> list[tuple[int, dict[str, Any]]]:
-        """Trials left RUNNING by a sweeper of this host that died: run again under their own numbers."""
+    def reclaim(self, mine: set[int]) -> list[Ticket]:
+        """Trials whose sweeper died, found by their silence. RDB: Optuna fails them and queues each again
+        (asked next, under a new number). Journal: those this sweeper takes over, under their own numbers."""
+        import optuna
+
+        if self.rdb:
+            optuna.storages.fail_stale_trials(self.study)
+            return []
+        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        stale = [t for t in running if t.number not in mine and lease_expired(t.user_attrs, self.liveness.grace)]
+        for trial in stale:
+            log.info("trial %d was running when its sweep stopped: running it again (it resumes)", trial.number)
+            self.storage.set_trial_user_attr(self.trial_id(trial.number), WORKER, owner())
+        return [Ticket(t.number, dict(t.params), t.number) for t in stale]
+
+    def others_running(self, mine: set[int]) -> list[int]:
+        """RUNNING trials of another sweeper that beats for them: waited for (and reclaimed if they go silent)."""
         import optuna
 
         running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        stale = [t for t in running if not owner_alive(t.user_attrs.get("worker"))]
-        for trial in stale:
-            log.info("trial %d was running when its sweep stopped: running it again (it resumes)", trial.number)
-            self.storage.set_trial_user_attr(self.trial_id(trial.number), "worker", owner())
-        return [(t.number, dict(t.params)) for t in stale]
+        return [t.number for t in running if t.number not in mine and (self.rdb or "lease" in t.user_attrs)]
 
     def trial_id(self, number: int) -> int:
         from trlm.study import trial_id
 
         return trial_id(self.storage, self.study_name, number)
 
-    def run_trial(self, number: int, params: dict[str, Any]) -> Outcome:
+    def run_trial(self, number: int, params: dict[str, Any], directory: int | None = None) -> Outcome:
         log.info("trial %d: %s", number, params)
         try:
-            (job,) = self.launcher.launch([self.trial_overrides(number, params)], initial_job_idx=number)
+            overrides = self.trial_overrides(number, params, directory)
+            (job,) = self.launcher.launch([overrides], initial_job_idx=number)
             value = job.return_value  # the job's StageOutcome; raises what the job raised
         except BaseException as error:  # a killed job surfaces as submitit's UncompletedJobError
             if isinstance(error, KeyboardInterrupt):
@@ -312,43 +334,62 @@ class TrlmOptunaSweeper(Sweeper):
         return False
 
     def started(self) -> int:
-        """Trials started in this study, in any state (enqueued ones wait to be asked)."""
+        """Trials started in this study, in any state (enqueued ones wait to be asked); a trial re-run under a
+        new number counts once."""
         import optuna
 
-        return sum(t.state != optuna.trial.TrialState.WAITING for t in self.study.get_trials(deepcopy=False))
+        from trlm.study import retried_as
+
+        trials = self.study.get_trials(deepcopy=False)
+        retried = retried_as(trials)
+        return sum(t.state != optuna.trial.TrialState.WAITING and t.number not in retried for t in trials)
 
     def run_trials(self) -> list[str]:
         """Keeps `n_jobs` trials in flight until the study holds `n_trials` (any state) or `max_failures` failed."""
         from trlm.progress import progress_counter
         from trlm.study import write_results
 
-        pending = self.stale_trials()
+        pending = self.reclaim(set())
         failures: list[str] = []
         in_flight: dict[Future[Outcome], int] = {}
-        done = self.started() - len(pending)
+        waited_for: list[int] = []
         trials = progress_counter(f"sweep {self.study_name}", total=self.conf.n_trials, unit="trial")
         with ThreadPoolExecutor(max_workers=self.conf.n_jobs, thread_name_prefix="trial") as pool, trials as advance:
-            advance(done)
+            advance(self.started() - len(pending))
             while True:
+                pending += self.reclaim(set(in_flight.values()) | {t.number for t in pending})
                 refill = self.conf.asynchronous or not in_flight
                 while refill and len(in_flight) < self.conf.n_jobs and len(failures) < self.conf.max_failures:
                     if pending:
-                        number, params = pending.pop(0)
+                        ticket = pending.pop(0)
                     elif not self.exhausted and self.started() < self.conf.n_trials:
-                        number, params = self.ask()
+                        ticket = self.ask()
                     else:
                         break
-                    in_flight[pool.submit(self.run_trial, number, params)] = number
+                    self.beats.add(self.trial_id(ticket.number))
+                    in_flight[pool.submit(self.run_trial, ticket.number, ticket.params, ticket.directory)] = (
+                        ticket.number
+                    )
                 if not in_flight:
-                    return failures
-                finished_now, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    others = self.others_running(set()) if len(failures) < self.conf.max_failures else []
+                    if not others:
+                        return failures
+                    if others != waited_for:
+                        log.info("waiting for trials %s, which another sweeper runs (re-run here if it goes silent "
+                                 "for %d s)", others, self.liveness.grace)  # fmt: skip
+                    waited_for = others
+                    time.sleep(self.liveness.interval)
+                    continue
+                finished_now, _ = wait(in_flight, timeout=self.liveness.interval, return_when=FIRST_COMPLETED)
                 for future in finished_now:
-                    in_flight.pop(future)
+                    number = in_flight.pop(future)
+                    self.beats.remove(self.trial_id(number))
                     outcome = future.result()
                     if self.tell(outcome):
                         failures.append(f"trial {outcome.number}: {outcome.error}")
                     advance(1)
-                write_results(self.study, self.sweep_dir)
+                if finished_now:
+                    write_results(self.study, self.sweep_dir)
 
     def report(self, failures: list[str]) -> None:
         from trlm.study import RESULTS, best
