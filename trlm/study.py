@@ -372,11 +372,15 @@ def format_study(study: optuna.Study) -> str:
 
 
 def sweep_command(args: list[str]) -> int:
-    """`trlm sweep DIR [--serve [--host H] [--port N]]`."""
+    """`trlm sweep DIR [--serve [--host H] [--port N]]`, or `trlm sweep submit -m ARGS` (trlm/sweep_driver.py)."""
     import argparse
 
     from trlm.paths import project_path
 
+    if args[:1] == ["submit"]:
+        from trlm.sweep_driver import submit_command
+
+        return submit_command(args[1:])
     parser = argparse.ArgumentParser(prog="trlm sweep", description="a study's trials, or its live dashboard")
     parser.add_argument("dir", help="the sweep directory (outputs/<run>/sweeps/<study>/<stage>)")
     parser.add_argument("--serve", action="store_true", help="serve optuna-dashboard on the study's storage")
