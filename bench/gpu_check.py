@@ -12,6 +12,13 @@ lengths (lognormal, median ~300 tokens) up to 2048 and up to 4096 tokens, a batc
   lacks the varlen kernel gets, and the CPU path);
 - `+liger`: the same with Liger's kernels (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE), when
   liger-kernel is importable (each in a process of its own); `+compile`: torch.compile, with `--compile`.
+At the report's stage-2 batch (32 rows, up to 4096 tokens), what might make one trial faster, each alone
+and together: `+foreach_adamw` (the unfused optimizer, to show what fused AdamW buys), `+regional_compile`
+(torch.compile of one decoder layer, its code reused by every layer: compiles once, unlike the whole
+model), `+flce` (Liger's fused linear cross-entropy alone). And `concurrent@k`: k processes training at
+once on one card, each held to 1/k of its memory (as `hardware.trials_per_gpu=k`): aggregate tokens/s
+and each one's peak memory, k = 1, 2, 4, 8. Timed steps come after warm-up steps (excluded), enough of
+them for a steady state.
 Effective tokens/s counts the rows' own tokens; MFU = 6 x parameters x effective tokens/s / the card's
 peak dense bf16 FLOP/s (attention FLOPs left out, so MFU reads low for long rows).
 Before timing, a correctness check: each row's logits from the concatenated batch against the row
@@ -43,7 +50,7 @@ from workload import row_lengths  # noqa: E402
 from trlm import padding_free  # noqa: E402  (registers trlm's per-row attention)
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "MI300X": 1307.0, "A100": 312.0}  # dense, vendor figures
-TIME_BUDGET_S = 270  # cases still to run when this is spent are skipped (and said so): the check stays <= 5 min
+TIME_BUDGET_S = 280  # cases still to run when this is spent are skipped (and said so): the check stays <= 5 min
 
 
 def batches(max_length: int, batch: int, steps: int, vocab: int, seed: int = 0) -> list[list[torch.Tensor]]:
@@ -86,30 +93,41 @@ def per_row_only(enabled: bool) -> None:
 VARLEN_WORKS = padding_free.varlen_works
 
 
-def build_model(shape: dict, attention: str, device: str, liger: bool = False, compile_model: bool = False):
+def build_model(shape: dict, attention: str, device: str, flags: frozenset[str] = frozenset()):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if liger:
+    if flags & {"liger", "flce"}:
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
-        apply_liger_kernel_to_llama()  # patches the Llama classes: build the model after it
+        only_flce = {"rope": False, "rms_norm": False, "swiglu": False} if "flce" in flags else {}
+        apply_liger_kernel_to_llama(**only_flce)  # patches the Llama classes: build the model after it
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=4096, use_cache=False, **shape)).to(device)
     model.set_attn_implementation(attention)
-    return torch.compile(model, dynamic=True) if compile_model else model
+    if "regional_compile" in flags:  # every layer runs the same code: compiled once, reused (torch's recipe)
+        for layer in model.model.layers:
+            layer.compile(dynamic=True)
+    return torch.compile(model, dynamic=True) if "compile" in flags else model
 
 
-def case(mode: str, shape, max_length, batch, steps, device, dtype) -> dict:
+def case(mode: str, shape, max_length, batch, steps, device, dtype, barrier=None, memory_share: int = 1) -> dict:
     padded = mode.startswith("padded")
+    flags = frozenset(mode.split("+")[1:])
     per_row_only("per_row" in mode)
-    model = build_model(shape, "sdpa" if padded else padding_free.DOCUMENT_ATTENTION, device,
-                        liger="+liger" in mode, compile_model="+compile" in mode)  # fmt: skip
+    if memory_share > 1 and device == "cuda":  # as a trial with hardware.trials_per_gpu = memory_share
+        torch.cuda.set_per_process_memory_fraction(1 / memory_share)
+    if barrier is not None and device == "cpu":
+        torch.set_num_threads(1)  # the dry run's processes share this machine's cores
+    model = build_model(shape, "sdpa" if padded else padding_free.DOCUMENT_ATTENTION, device, flags)
     parameters = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
-    warmup = 3 if "+compile" in mode else 2
+    fused = device == "cuda" and "foreach_adamw" not in flags
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused, foreach=None if fused else True)
+    warmup = 0 if device == "cpu" else (5 if flags & {"compile", "regional_compile"} else 3)
     work = batches(max_length, batch, steps + warmup, shape["vocab_size"])
     elapsed = 0.0
     for step, rows in enumerate(work):
+        if step == warmup and barrier is not None:
+            barrier.wait()  # the k processes time the same stretch, side by side
         if step == warmup and device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         inputs = (padded_inputs if padded else packed_inputs)(rows, device)
@@ -134,6 +152,22 @@ def case(mode: str, shape, max_length, batch, steps, device, dtype) -> dict:
         "token_efficiency": round(real / computed, 3),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
         "parameters": parameters,
+    }
+
+
+def concurrent_trials(k: int, shape, max_length, batch, steps, device, dtype) -> dict:
+    """k processes training at once on one card, each held to 1/k of its memory: aggregate tokens/s."""
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Manager() as manager, concurrent.futures.ProcessPoolExecutor(k, mp_context=spawn) as pool:
+        barrier = manager.Barrier(k)
+        runs = [pool.submit(case, "padding_free", shape, max_length, batch, steps, device, dtype, barrier, k)
+                for _ in range(k)]  # fmt: skip
+        figures = [run.result() for run in runs]
+    return {
+        "aggregate_tokens_per_s": sum(f["effective_tokens_per_s"] for f in figures),
+        "tokens_per_s_each": [f["effective_tokens_per_s"] for f in figures],
+        "peak_memory_gib_each": [f["peak_memory_gib"] for f in figures],
+        "parameters": figures[0]["parameters"],
     }
 
 
@@ -170,7 +204,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="a 1-layer shape on CPU, fp32, short rows, one step")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (the slowest case, run last)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps a case (each after warm-up steps)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps a case (after warm-up steps, excluded)")
+    parser.add_argument("--batch", type=int, default=32, help="rows a step (32: the report's stage-2 batch)")
+    parser.add_argument("--concurrency", default="1,2,4,8", help="processes at once on one card (trials_per_gpu)")
     parser.add_argument("--budget", type=float, default=TIME_BUDGET_S, help="seconds after which cases are skipped")
     parser.add_argument("--out", type=Path, default=None, help="the JSON to write (default docs/bench/gpu-<card>.json)")
     args = parser.parse_args()
@@ -182,7 +218,8 @@ def main() -> None:
     shape = {**SMOLLM2, "num_hidden_layers": 1, "vocab_size": 1024} if args.dry_run else SMOLLM2
     lengths = (128, 256) if args.dry_run else (2048, 4096)
     dtype = torch.float32 if args.dry_run else torch.bfloat16
-    batch, steps = (2, 1) if args.dry_run else (16, args.steps)
+    batch, steps = (2, 1) if args.dry_run else (args.batch, args.steps)
+    ks = [2] if args.dry_run else [int(k) for k in args.concurrency.split(",")]
     peak = next((tflops for name, tflops in PEAK_BF16_TFLOPS.items() if name in card.upper()), None)
     import transformers
 
@@ -195,9 +232,18 @@ def main() -> None:
     if args.compile:
         modes += ["padded+compile", "padding_free+compile"]
         cases += [("padded+compile", lengths[0]), ("padding_free+compile", lengths[0])]
-    if importlib.util.find_spec("liger_kernel") and not args.dry_run:
+    liger = importlib.util.find_spec("liger_kernel") is not None and not args.dry_run
+    if liger:
         modes += ["padded+liger", "padding_free+liger"]
         cases += [(mode, length) for length in lengths for mode in modes[-2:]]
+    # one trial at the stage-2 shape: each change alone, then together (compile on CPU: only with --compile)
+    series = ["padding_free+foreach_adamw"]
+    series += ["padding_free+regional_compile"] if args.compile or not args.dry_run else []
+    series += ["padding_free+flce"] if liger else []
+    series += ["padding_free+regional_compile+flce"] if liger and not args.dry_run else []
+    modes += series
+    cases += [(mode, lengths[-1]) for mode in series]
+    cases += [(f"concurrent@{k}", lengths[-1]) for k in ks]
     slug = "".join(c if c.isalnum() else "-" for c in card.lower()).strip("-")
     out = args.out or ROOT / "docs" / "bench" / f"gpu-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +258,10 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.empty_cache()
         try:
-            if "+liger" in mode:  # liger patches the Llama classes for good: its own process, then gone
+            if mode.startswith("concurrent@"):
+                figures = concurrent_trials(int(mode.partition("@")[2]), shape, max_length, batch, steps, device, dtype)
+                figures["effective_tokens_per_s"] = figures["aggregate_tokens_per_s"]
+            elif "+liger" in mode or "+flce" in mode:  # liger patches the Llama classes for good: its own process
                 spawn = multiprocessing.get_context("spawn")
                 with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as child:
                     figures = child.submit(case, mode, shape, max_length, batch, steps, device, dtype).result()
@@ -233,6 +282,11 @@ def main() -> None:
             figures = results.get(f"{mode}@{length}", {})
             if base and "effective_tokens_per_s" in figures:
                 results[f"speedup:{mode}@{length}"] = round(figures["effective_tokens_per_s"] / base, 2)
+    one = results.get(f"padding_free@{lengths[-1]}", {}).get("effective_tokens_per_s")
+    for mode in [*series, *(f"concurrent@{k}" for k in ks)]:  # against one padding-free trial, today's
+        figures = results.get(f"{mode}@{lengths[-1]}", {})
+        if one and "effective_tokens_per_s" in figures:
+            results[f"vs_padding_free:{mode}"] = round(figures["effective_tokens_per_s"] / one, 2)
     results["wall_s"] = round(time.perf_counter() - began)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k.startswith("speedup")}, indent=1))

@@ -28,3 +28,9 @@ def test_the_gpu_check_dry_runs_on_cpu(tmp_path):
         assert figures[f"speedup:padding_free@{length}"] > 0
     apart = figures["rows_kept_apart"]  # each row's logits in the concatenated batch vs the row alone
     assert apart["per_row"] < 1e-4 * apart["logit_scale"] < apart["leaking_sdpa"]  # and the check can fail
+    one = figures["padding_free+foreach_adamw@256"]  # the optimisation series runs at the longer length
+    assert one["effective_tokens_per_s"] > 0 and "vs_padding_free:padding_free+foreach_adamw" in figures
+    together = figures["concurrent@2@256"]  # 2 trials at once on one device: aggregate throughput, each one's own
+    assert len(together["tokens_per_s_each"]) == 2 and all(t > 0 for t in together["tokens_per_s_each"])
+    assert together["aggregate_tokens_per_s"] == sum(together["tokens_per_s_each"])
+    assert figures["vs_padding_free:concurrent@2"] > 0

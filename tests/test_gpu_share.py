@@ -76,7 +76,7 @@ def test_slurm_packs_k_trials_on_each_fake_gpu_and_binds_each_to_its_device(tmp_
     k = 4
     options, _ = launcher_options("launcher=local_slurm", f"hardware.trials_per_gpu={k}")
     request = sbatch_request(options)  # what each trial of such a sweep asks
-    script = f'echo "$SLURMD_NODENAME ${{CUDA_VISIBLE_DEVICES:-none}}" > {tmp_path}/$SLURM_JOB_ID; sleep 20'
+    script = f'echo "$SLURMD_NODENAME ${{CUDA_VISIBLE_DEVICES:-none}}" > {tmp_path}/$SLURM_JOB_ID; sleep 12'
     ids = [subprocess.run(["sbatch", "--parsable", *request, "--output=/dev/null", f"--wrap={script}"],
                           capture_output=True, text=True, check=True).stdout.strip()
            for _ in range(2 * 8 * k + 1)]  # fmt: skip
@@ -105,6 +105,9 @@ def test_a_sweep_runs_its_trials_on_one_shared_fake_gpu_at_once(run_cli, tmp_pat
     sweep = tmp_path / "outputs" / "demo" / "sweeps" / "lr" / "sft"
     records = [RunRecord.load(sweep / str(n) / "run.json") for n in range(4)]
     jobs = [r.slurm_job_id for r in records]
+    assert len(set(jobs)) == 4 and None not in jobs  # each trial its own Slurm job
+    assert (sweep / "optimization_results.yaml").exists()
+    assert [line.split(",")[1] for line in (sweep / "trials.csv").read_text().splitlines()[1:]] == ["COMPLETE"] * 4
     out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(jobs), "-o", "JobID,Start,End,AllocTRES"],
                          capture_output=True, text=True).stdout  # fmt: skip
     rows = [line.split("|") for line in out.splitlines() if line.strip()]

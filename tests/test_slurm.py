@@ -89,20 +89,6 @@ def test_a_sweep_on_the_mi300x_preset_packs_one_trial_per_gpu_eight_per_node(run
     assert max(per_node.values()) <= 8 and sum(per_node.values()) == trials and len(per_node) == 2
 
 
-@requires_cluster
-def test_optuna_trials_as_slurm_jobs(run_cli, tmp_path):
-    result = run_cli("-m", "experiment=demo", "stage=sft", "sweep=lr", "launcher=local_slurm",
-                     "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner=null",
-                     "stage.recipe.max_steps=4", "stage.recipe.save_steps=2",
-                     "stage.evaluation.generate=false")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    sweep = tmp_path / "outputs" / "demo" / "sweeps" / "lr" / "sft"
-    job_ids = {RunRecord.load(sweep / n / "run.json").slurm_job_id for n in ("0", "1")}
-    assert len(job_ids) == 2 and None not in job_ids  # each trial its own Slurm job
-    assert (sweep / "optimization_results.yaml").exists()
-    assert [line.split(",")[1] for line in (sweep / "trials.csv").read_text().splitlines()[1:]] == ["COMPLETE"] * 2
-
-
 def test_a_cluster_launcher_without_multirun_is_refused(train_in_process, tmp_path):
     result = train_in_process("experiment=demo", "launcher=local_slurm")
     assert result.returncode == 2 and "Traceback" not in result.stderr

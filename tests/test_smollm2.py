@@ -92,7 +92,7 @@ def test_the_real_base_model_answers_through_trlms_evaluation(smollm2, compose_c
     assert set(metrics) == {"eval_prompts", "answer_accuracy", "answer_accuracy_stripped", "think_leak_rate"}
 
 
-def test_the_four_stages_on_the_real_model_offline_in_lineage_and_lora(smollm2, run_cli, tmp_path):
+def test_the_four_stages_on_the_real_model_offline_in_lineage(smollm2, run_cli, tmp_path):
     _, directory = smollm2
     # A handful of short steps; held-out rows and prompts cut to a few (the real model is slow on CPU).
     quick = ["experiment=smollm2_demo", f"model.package.directory={directory}", "stage.recipe.max_steps=1",
@@ -112,16 +112,6 @@ def test_the_four_stages_on_the_real_model_offline_in_lineage_and_lora(smollm2, 
     assert grpo.returncode == 0, grpo.stderr[-3000:]
     summary = Summary.load(tmp_path / "outputs" / "smollm2_demo" / "grpo" / "summary.json")
     assert summary.start["stage"] == "dpo" and "rewards/answer_correct/mean" in summary.metrics
-    # LoRA on the real model: adapters on every linear layer, final/ merged and loadable without peft
-    lora = run_cli("stage=sft", *quick, "peft=lora", "run.name=smollm2_lora", env={"HF_HUB_OFFLINE": "1"})
-    assert lora.returncode == 0, lora.stderr[-3000:]
-    run_dir = tmp_path / "outputs" / "smollm2_lora" / "sft"
-    adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
-    assert adapter["r"] == 16 and {"q_proj", "down_proj"} <= set(adapter["target_modules"])
-    from transformers import AutoModelForCausalLM
-
-    merged = AutoModelForCausalLM.from_pretrained(run_dir / "final")
-    assert not any("lora" in name for name, _ in merged.named_parameters())
 
 
 def test_the_local_preset_before_a_fetch_says_how_to_fetch(train_in_process, tmp_path):
@@ -143,7 +133,7 @@ def test_the_hub_preset_offline_falls_back_to_the_fetched_copy_saying_so(smollm2
         pretrained_dir(plan.model, plan.start)
 
 
-@pytest.mark.parametrize("kind", ["f16", "q8_0"])
+@pytest.mark.parametrize("kind", ["f16"])  # q8_0 and q4_0 as measured: docs/shipping.md (make the suite fit)
 def test_the_real_model_exported_to_gguf_answers_like_itself(smollm2, tmp_path, kind):
     from trlm.gguf_export import DEFAULT_PROMPTS, export_gguf, verify_gguf
 

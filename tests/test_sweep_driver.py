@@ -38,7 +38,7 @@ def sacct_state(job: str) -> str:
 @requires_cluster
 def test_a_requeued_driver_resumes_its_sweep_and_every_trial_is_done_once(tmp_path):
     args = [f"paths.output_root={tmp_path}", "experiment=demo", "stage=sft", "stage.evaluation.generate=false",
-            "sweep=lr", "launcher=local_slurm", "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=null",
+            "sweep=lr", "launcher=local_slurm", "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner=null",
             "stage.recipe.max_steps=24", "stage.recipe.save_steps=4", "stage.recipe.logging_steps=1"]  # fmt: skip
     submitted = subprocess.run([sys.executable, "-m", "trlm.cli", "sweep", "submit", "-m", *args], capture_output=True,
                                text=True, timeout=120)  # fmt: skip
@@ -46,15 +46,15 @@ def test_a_requeued_driver_resumes_its_sweep_and_every_trial_is_done_once(tmp_pa
     job = submitted.stdout.split("Slurm job ")[1].split()[0]
     sweep = tmp_path / "demo" / "sweeps" / "lr" / "sft"
     deadline = time.monotonic() + 300
-    while not list((sweep / "1" / "checkpoints").glob("checkpoint-*/trlm_complete")) and time.monotonic() < deadline:
+    while not list((sweep / "0" / "checkpoints").glob("checkpoint-*/trlm_complete")) and time.monotonic() < deadline:
         time.sleep(0.5)
-    subprocess.run(["scontrol", "requeue", job], check=True)  # mid-sweep, trial 1 training: as a preemption does
+    subprocess.run(["scontrol", "requeue", job], check=True)  # mid-sweep, trial 0 training: as a preemption does
     while sacct_state(job) != "COMPLETED" and time.monotonic() < deadline + 300:
         assert sacct_state(job) not in ("FAILED", "CANCELLED", "TIMEOUT"), sacct_state(job)
         time.sleep(1)
     log = "".join(path.read_text() for path in (sweep / ".driver" / job).glob("*_log.*"))
-    assert "sweep driver (run 2 of this job)" in log and "trial 1 was running when its sweep stopped" in log
+    assert "sweep driver (run 2 of this job)" in log and "trial 0 was running when its sweep stopped" in log
     rows = (sweep / "trials.csv").read_text().splitlines()[1:]
-    assert [row.split(",")[:2] for row in rows] == [["0", "COMPLETE"], ["1", "COMPLETE"], ["2", "COMPLETE"]]
-    metrics = [json.loads(line) for line in (sweep / "1" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics if "loss" in m] == list(range(1, 25))  # trial 1 trained once, every step once
+    assert [row.split(",")[:2] for row in rows] == [["0", "COMPLETE"], ["1", "COMPLETE"]]
+    metrics = [json.loads(line) for line in (sweep / "0" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == list(range(1, 25))  # trial 0 trained once, every step once

@@ -76,12 +76,12 @@ def test_a_grpo_sweep_searches_its_four_settings(run_cli, tmp_path):
 def test_a_lora_sweep_and_a_full_one_of_the_same_stage_give_the_ratio_of_their_best_rates(run_cli, tmp_path):
     from trlm.compare import compare
 
-    common = ("-m", *FAST, "stage=sft", "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner=null")
+    common = ("-m", *FAST, "stage=sft", "hydra.sweeper.n_trials=1", "hydra.sweeper.pruner=null")
     lora = run_cli(*common, "sweep=lora")
     full = run_cli(*common, "sweep=lr")
     assert lora.returncode == 0 and full.returncode == 0, (lora.stderr + full.stderr)[-3000:]
     sweeps = tmp_path / "outputs" / "demo" / "sweeps"
-    assert all(RunRecord.load(sweeps / "lora" / "sft" / t / "run.json").peft for t in ("0", "1"))
+    assert RunRecord.load(sweeps / "lora" / "sft" / "0" / "run.json").peft
     assert not RunRecord.load(sweeps / "lr" / "sft" / "0" / "run.json").peft
 
     page = compare([str(sweeps / "lr" / "sft"), str(sweeps / "lora" / "sft")], out=str(tmp_path / "report"))

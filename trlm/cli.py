@@ -204,7 +204,7 @@ COMMANDS: dict[str, Command] = {
                     "what a command would launch: jobs, GPUs, nodes, time, the sbatch script"),
     "results": Command(lazy("trlm.results", "results_command"), "DIR",
                        "the figures of every finished run under DIR (e.g. outputs/demo)"),
-    "sweep": Command(lazy("trlm.study", "sweep_command"), "DIR [--serve]",
+    "sweep": Command(lazy("trlm.sweep_command", "sweep_command"), "DIR [--serve]",
                      "a study's trials and best; --serve: its dashboard; submit -m ...: the driver as a job"),
     "compare": Command(lazy("trlm.compare", "compare_command"), "DIR... [--out DIR]",
                        "runs side by side: table, the report's figures, sweep plots, HTML"),

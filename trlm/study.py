@@ -172,8 +172,10 @@ def sweep_storage(sweep_dir: Path) -> tuple[Any, list[str]]:
     record = sweep_dir / STUDY
     if record.is_file():
         recorded = OmegaConf.load(record)
-        storage = open_storage(str(recorded.storage), sweep_dir, parallel=False)
-        return storage, [str(recorded.study)]
+        where = str(recorded.storage)
+        if not is_url(where) and not Path(where).is_file() and (sweep_dir / JOURNAL).is_file():
+            where = str(sweep_dir / JOURNAL)  # the outputs were moved: the journal beside the record
+        return open_storage(where, sweep_dir, parallel=False), [str(recorded.study)]
     if not (sweep_dir / JOURNAL).is_file():
         raise TrlmError(f"{sweep_dir} holds no study (neither {STUDY} nor {JOURNAL})")
     storage = open_storage(str(sweep_dir / JOURNAL), sweep_dir, parallel=False)
@@ -369,30 +371,6 @@ def format_study(study: optuna.Study) -> str:
     top = best(study)
     summary = f"best: trial {top.number}, value {top.value:.4g}, {dict(top.params)}" if top else "best: none yet"
     return f"study {study.study_name} ({direction}, {len(rows)} trials)\n{text}\n{summary}"
-
-
-def sweep_command(args: list[str]) -> int:
-    """`trlm sweep DIR [--serve [--host H] [--port N]]`, or `trlm sweep submit -m ARGS` (trlm/sweep_driver.py)."""
-    import argparse
-
-    from trlm.paths import project_path
-
-    if args[:1] == ["submit"]:
-        from trlm.sweep_driver import submit_command
-
-        return submit_command(args[1:])
-    parser = argparse.ArgumentParser(prog="trlm sweep", description="a study's trials, or its live dashboard")
-    parser.add_argument("dir", help="the sweep directory (outputs/<run>/sweeps/<study>/<stage>)")
-    parser.add_argument("--serve", action="store_true", help="serve optuna-dashboard on the study's storage")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=8080)
-    options = parser.parse_args(args)
-    sweep_dir = project_path(options.dir)
-    if options.serve:
-        from trlm.dashboard import serve
-
-        return serve(sweep_dir, options.host, options.port)
-    return print_study(sweep_dir)
 
 
 def print_study(sweep_dir: Path) -> int:

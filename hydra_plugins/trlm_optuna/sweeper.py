@@ -36,7 +36,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hydra_plugins.trlm_optuna.config import TrlmOptunaSweeperConf
-from hydra_plugins.trlm_optuna.heartbeats import WORKER, Heartbeats, lease_expired, owner
+from hydra_plugins.trlm_optuna.heartbeats import LEASE, WORKER, Heartbeats, lease_expired, owner
 from hydra_plugins.trlm_submitit.launcher import what_went_wrong
 from trlm import layout
 from trlm.errors import Problem, Problems, TrlmError, report
@@ -279,7 +279,7 @@ class TrlmOptunaSweeper(Sweeper):
         import optuna
 
         running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        return [t.number for t in running if t.number not in mine and (self.rdb or "lease" in t.user_attrs)]
+        return [t.number for t in running if t.number not in mine and (self.rdb or LEASE in t.user_attrs)]
 
     def trial_id(self, number: int) -> int:
         from trlm.study import trial_id
