@@ -33,6 +33,14 @@ def mariadb_answers() -> bool:
         return False
 
 
+def can_claim_another_hostname() -> bool:
+    """`unshare -u` (a UTS namespace of its own: root, or CAP_SYS_ADMIN) lets a process claim another hostname."""
+    try:
+        return subprocess.run(["unshare", "-u", "true"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
 requires_mariadb = pytest.mark.skipif(
     not mariadb_answers(), reason="the local cluster's MariaDB is down (make slurm-up)"
 )
@@ -94,6 +102,7 @@ FAST = ("experiment=demo", "stage=sft", "stage.evaluation.generate=false", "swee
 
 @pytest.mark.slow
 @requires_mariadb
+@pytest.mark.skipif(not can_claim_another_hostname(), reason="unshare -u needs root (a hostname of its own)")
 def test_an_rdb_sweep_survives_its_sweeper_killed_and_restarted_on_another_host(tmp_path):
     study = f"trlm_test_{uuid.uuid4().hex[:8]}"
     command = [sys.executable, str(PROJECT_ROOT / "train.py"), "-m", f"paths.output_root={tmp_path / 'outputs'}",
