@@ -264,7 +264,7 @@ def execute(plan: StagePlan) -> StageOutcome:
     lock = FileLock(plan.run_dir / LOCK, f"stage {plan.stage.name} of run {plan.run.name}")
     # A sweep trial waits for its directory: the one holding it is a job of a sweeper that died, still training
     # this trial; its re-run then reads the result. A single run is refused at once, naming the holder.
-    with lock.hold(wait=plan.trial is not None) if is_main_process() else nullcontext():
+    with lock.hold(wait=plan.run.trial is not None) if is_main_process() else nullcontext():
         finished = claim(plan.run_dir, inputs.parts)
         if finished is not None:
             log.info("%s already finished (%s); re-reading its objective", plan.run_dir, SUMMARY)
