@@ -105,15 +105,18 @@ def run_locally(plans: list[StagePlan], args: list[str]) -> int:
     return 0
 
 
-def slurm_parameters(plan: StagePlan) -> dict[str, Any]:
-    """The launcher preset's settings in submitit's AutoExecutor names (as hydra-submitit-launcher maps them)."""
-    launcher = plan.launch.options
+def submitit_names(launcher: dict[str, Any]) -> dict[str, Any]:
+    """Launcher settings in submitit's AutoExecutor names (as hydra-submitit-launcher maps them)."""
     common = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name",
               "stderr_to_stdout"}  # fmt: skip
     skip = {"_target_", "submitit_folder", "max_num_timeout", "array_parallelism"}
     params = {(key if key in common else f"slurm_{key}"): value for key, value in launcher.items() if key not in skip}
-    params["name"] = f"trlm-{plan.run.name}-{plan.stage.name}"
     return {key: value for key, value in params.items() if value is not None}
+
+
+def slurm_parameters(plan: StagePlan) -> dict[str, Any]:
+    """The launcher preset's settings for one stage's job."""
+    return submitit_names({**plan.launch.options, "name": f"trlm-{plan.run.name}-{plan.stage.name}"})
 
 
 def submit_to_slurm(plans: list[StagePlan], args: list[str]) -> int:

@@ -49,10 +49,10 @@ class SweepDriver:
 
 def driver_parameters(options: dict[str, Any], name: str) -> dict[str, Any]:
     """The trials' Slurm launcher preset, cut down to a one-CPU job: partition, account, time and its requeues."""
+    from trlm.pipeline import submitit_names
+
     keep = {"partition", "account", "qos", "timeout_min", "signal_delay_s", "setup"}
-    params = {("timeout_min" if key == "timeout_min" else f"slurm_{key}"): value
-              for key, value in options.items() if key in keep and value is not None}  # fmt: skip
-    return {**params, **DRIVER, "name": name}
+    return {**submitit_names({key: value for key, value in options.items() if key in keep}), **DRIVER, "name": name}
 
 
 def submit_command(args: list[str]) -> int:
